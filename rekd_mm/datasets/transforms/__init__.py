@@ -1,0 +1,4 @@
+# Copyright (c) OpenMMLab. All rights reserved.
+from .formatting import GrayToRGB
+
+__all__ = ['GrayToRGB']

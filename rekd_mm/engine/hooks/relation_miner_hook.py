@@ -1,0 +1,202 @@
+# Copyright (c) OpenMMLab. All rights reserved.
+from typing import Optional, Sequence, Union
+
+import torch
+from mmengine.dist import get_world_size, is_main_process
+from mmengine.hooks import Hook
+from mmengine.logging import MMLogger
+from mmengine.runner import Runner
+from mmengine.utils import ProgressBar
+
+from mmpretrain.registry import HOOKS
+from mmpretrain.utils import get_ori_model
+
+
+@HOOKS.register_module()
+class RelationMinerHook(Hook):
+    """Schedule the initialisation and re-clustering of ReKD's prototype
+    bank.
+
+    The bank's state lives in the model (buffers), so the hook only decides
+    *when* to cluster: once, at ``init_epoch`` or ``init_iter``, and then
+    optionally every ``recluster_interval`` iterations or epochs. A bank
+    restored from a checkpoint is never initialised again; a run resumed
+    before the initialisation point initialises it when that point comes.
+
+    Args:
+        init_epoch (int, optional): Epoch at whose start the bank is
+            initialised (0 = the start of training, for an offline teacher;
+            a few epochs for an online teacher to warm up). Mutually
+            exclusive with ``init_iter``. Defaults to None.
+        init_iter (int, optional): Iteration at which the bank is
+            initialised. Defaults to None. When both are None the bank is
+            initialised at the start of training.
+        source (str): Embeddings to cluster: ``'queue'`` (the teacher queue,
+            no extra pass) or ``'dataset'`` (a pass of the teacher's momentum
+            encoder over ``init_dataloader``, with a progress bar).
+            Defaults to ``'queue'``.
+        init_dataloader (dict, optional): Dataloader config for
+            ``source='dataset'``. Defaults to None, which uses the training
+            dataloader (first view of every sample).
+        recluster_interval (int, optional): Re-cluster every this many epochs
+            (``by_epoch=True``) or iterations. Defaults to None (never).
+        by_epoch (bool): Unit of ``recluster_interval``. Defaults to True.
+        kmeans_cfg (dict, optional): Arguments of ``spherical_kmeans``
+            (``num_iters``, ``init``, ``seed``, ``max_seed_pool``,
+            ``chunk_size``). Defaults to ``dict(num_iters=20, seed=0)``.
+    """
+
+    priority = 'NORMAL'
+
+    def __init__(self,
+                 init_epoch: Optional[int] = None,
+                 init_iter: Optional[int] = None,
+                 source: str = 'queue',
+                 init_dataloader: Optional[dict] = None,
+                 recluster_interval: Optional[int] = None,
+                 by_epoch: bool = True,
+                 kmeans_cfg: Optional[dict] = None) -> None:
+        if init_epoch is not None and init_iter is not None:
+            raise ValueError('RelationMinerHook: give init_epoch or '
+                             'init_iter, not both')
+        if source not in ('queue', 'dataset'):
+            raise ValueError("RelationMinerHook: source must be 'queue' or "
+                             f"'dataset', got {source!r}")
+        for name, value in (('init_epoch', init_epoch), ('init_iter',
+                                                          init_iter)):
+            if value is not None and value < 0:
+                raise ValueError(f'RelationMinerHook: {name} must be >= 0, '
+                                 f'got {value}')
+        if recluster_interval is not None and recluster_interval < 1:
+            raise ValueError('RelationMinerHook: recluster_interval must be '
+                             f'>= 1, got {recluster_interval}')
+        self.init_epoch = init_epoch
+        self.init_iter = init_iter
+        self.source = source
+        self.init_dataloader = init_dataloader
+        self.recluster_interval = recluster_interval
+        self.by_epoch = by_epoch
+        self.kmeans_cfg = dict(num_iters=20, seed=0)
+        self.kmeans_cfg.update(kmeans_cfg or {})
+        self._init_at = 0
+        self._recluster_every = None
+
+    def _iters_per_epoch(self, runner: Runner) -> int:
+        return len(runner.train_dataloader)
+
+    def before_train(self, runner: Runner) -> None:
+        """Resolve the schedule in iterations and check, before any compute,
+        that it can work."""
+        model = get_ori_model(runner.model)
+        if not hasattr(model, 'miner'):
+            raise TypeError('RelationMinerHook needs a model with a '
+                            f'prototype bank (ReKD), got {type(model)}')
+        per_epoch = self._iters_per_epoch(runner)
+        if self.init_iter is not None:
+            self._init_at = self.init_iter
+        else:
+            self._init_at = (self.init_epoch or 0) * per_epoch
+        if self.recluster_interval is not None:
+            self._recluster_every = self.recluster_interval * (
+                per_epoch if self.by_epoch else 1)
+
+        global_batch = runner.train_dataloader.batch_size * get_world_size()
+        model.check_global_batch(global_batch)
+        num_k = model.miner.num_prototypes
+        if self.source == 'queue':
+            available = min(model.queue_len, self._init_at * global_batch)
+            if not model.miner.is_initialized and available < num_k:
+                raise ValueError(
+                    f'RelationMinerHook: the bank is initialised from the '
+                    f'teacher queue at iteration {self._init_at}, when it '
+                    f'holds only {available} keys (global batch '
+                    f'{global_batch}, queue_len {model.queue_len}), fewer '
+                    f'than model.miner.num_prototypes={num_k}. Initialise '
+                    'later (init_epoch/init_iter), lower num_prototypes, or '
+                    "use source='dataset'.")
+        else:
+            num_samples = len(self._dataset_loader(runner).dataset)
+            if num_samples < num_k:
+                raise ValueError(
+                    f'RelationMinerHook: the data set for k-means has '
+                    f'{num_samples} samples, fewer than '
+                    f'model.miner.num_prototypes={num_k}.')
+
+    def _dataset_loader(self, runner: Runner):
+        if self.init_dataloader is None:
+            # A separate loader over the training set: iterating the
+            # runner's own (persistent-worker, possibly infinite) loader
+            # would disturb the epoch in progress.
+            self.init_dataloader = dict(runner.cfg.train_dataloader)
+            self.init_dataloader.update(
+                persistent_workers=False, drop_last=False)
+            self.init_dataloader['sampler'] = dict(
+                type='DefaultSampler', shuffle=False)
+        if isinstance(self.init_dataloader, dict):
+            self.init_dataloader = runner.build_dataloader(
+                self.init_dataloader, seed=runner.seed)
+        return self.init_dataloader
+
+    def before_train_iter(self,
+                          runner: Runner,
+                          batch_idx: int,
+                          data_batch: Optional[Union[dict, tuple,
+                                                     list]] = None) -> None:
+        """Cluster when the schedule says so (same decision on every rank:
+        it only reads the iteration and replicated buffers)."""
+        model = get_ori_model(runner.model)
+        bank = model.miner
+        if not bank.is_initialized:
+            due = runner.iter >= self._init_at
+        elif self._recluster_every is not None:
+            due = runner.iter - int(
+                bank.last_cluster_iter) >= self._recluster_every
+        else:
+            due = False
+        if due:
+            self.cluster(runner)
+
+    @torch.no_grad()
+    def cluster(self, runner: Runner) -> None:
+        """Run spherical k-means on teacher embeddings and load the bank."""
+        model = get_ori_model(runner.model)
+        logger = MMLogger.get_current_instance()
+        if self.source == 'queue':
+            # The queue is identical on every rank: cluster it locally.
+            embeddings = model.filled_teacher_keys()
+            distributed = False
+        else:
+            embeddings = self._extract_dataset(runner, model)
+            distributed = True
+        info = model.miner.initialize(
+            embeddings,
+            current_iter=runner.iter,
+            distributed=distributed,
+            **self.kmeans_cfg)
+        model.refresh_queue_assign()
+        logger.info(
+            f'RelationMinerHook: clustered {info["num_samples"]} teacher '
+            f'embeddings ({self.source}) into {model.miner.num_prototypes} '
+            f'prototypes at iter {runner.iter}: objective '
+            f'{info["objective"]:.4f}, {info["num_iters"]} iterations, '
+            f'{info["num_reseeded"]} empty clusters re-seeded')
+
+    def _extract_dataset(self, runner: Runner, model) -> torch.Tensor:
+        """Teacher embeddings of this rank's shard of the data set."""
+        loader = self._dataset_loader(runner)
+        was_training = model.training
+        model.eval()
+        feats = []
+        bar = ProgressBar(len(loader)) if is_main_process() else None
+        for data in loader:
+            data = model.data_preprocessor(data, False)
+            inputs = data['inputs']
+            if isinstance(inputs, Sequence):
+                inputs = inputs[0]
+            feats.append(model.teacher_embed(inputs))
+            if bar is not None:
+                bar.update()
+        if bar is not None:
+            print()
+        model.train(was_training)
+        return torch.cat(feats)

@@ -1,0 +1,4 @@
+# Copyright (c) OpenMMLab. All rights reserved.
+from .rekd import ReKD
+
+__all__ = ['ReKD']

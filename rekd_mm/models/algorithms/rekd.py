@@ -1,0 +1,385 @@
+# Copyright (c) OpenMMLab. All rights reserved.
+from typing import Dict, List, Optional, Tuple, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from mmengine.dist import all_gather
+from mmengine.logging import MMLogger
+from mmengine.model import ExponentialMovingAverage, ModuleDict
+
+from mmpretrain.models.selfsup.base import BaseSelfSupervisor
+from mmpretrain.models.utils import batch_shuffle_ddp, batch_unshuffle_ddp
+from mmpretrain.registry import MODELS
+from mmpretrain.structures import DataSample
+from rekd_mm.utils.checkpoint import load_weights_safely
+from ..utils.prototype_bank import PrototypeBank, count_used
+
+
+@MODELS.register_module()
+class ReKD(BaseSelfSupervisor):
+    """ReKD: contrastive learning boosted by relation knowledge distillation.
+
+    Implementation of `Boosting Contrastive Learning with Relation Knowledge
+    Distillation <https://arxiv.org/abs/2112.04174>`_ (AAAI 2022). A larger,
+    heterogeneous teacher is trained online next to the student, each with
+    its own MoCo v2 machinery. A prototype bank in the teacher's space mines
+    which instances are semantically the same; those relations become extra
+    positives of the student's contrastive loss.
+
+    Layout of the state dict (and so of checkpoints):
+
+    - ``backbone.*``, ``neck.*``: the student, loadable by mmpretrain and
+      mmdet configs with ``prefix='backbone.'``;
+    - ``encoder_k.*``: the student's momentum encoder (as in ``MoCo``);
+    - ``teacher.backbone.*``, ``teacher.neck.*``, ``teacher_encoder_k.*``:
+      the teacher and its momentum encoder;
+    - ``queue`` / ``teacher_queue`` ``(D, L)``: index-aligned key queues (slot
+      ``j`` of both comes from the same past image), with ``queue_ptr``,
+      ``queue_labels`` (-1 when the data set has no label; labels are only
+      used for the logged relation precision, never for training),
+      ``queue_assign`` (cached prototype of each teacher slot) and
+      ``queue_count``;
+    - ``miner.*``: the :class:`PrototypeBank`.
+
+    Args:
+        backbone (dict): Config of the student backbone.
+        neck (dict): Config of the student neck (e.g. ``MoCoV2Neck``).
+        head (dict): Config of the student's relation head
+            (``RelationContrastiveHead``).
+        teacher_backbone (dict): Config of the teacher backbone.
+        teacher_neck (dict): Config of the teacher neck.
+        teacher_head (dict): Config of the teacher's contrastive head
+            (mmpretrain's ``ContrastiveHead``).
+        miner (dict): Arguments of :class:`PrototypeBank`
+            (``num_prototypes``, ``threshold``, ``momentum``) plus
+            ``queue_refresh_interval`` (int): the prototype of every teacher
+            queue slot is cached when the slot is written and all slots are
+            re-assigned every this many iterations (1 = exact every
+            iteration). Defaults to ``dict(num_prototypes=1000)``.
+        queue_len (int): Length L of both queues. Must be a multiple of the
+            global batch size. Defaults to 65536.
+        feat_dim (int): Output dimension D of both necks. Defaults to 128.
+        momentum (float): Momentum of the student's momentum encoder in
+            mmengine's convention, i.e. the weight of the NEW value: MoCo's
+            0.999 is written 0.001. Defaults to 0.001.
+        teacher_momentum (float, optional): The same for the teacher.
+            Defaults to None (same as ``momentum``).
+        loss_weights (dict, optional): ``teacher`` (w_t), ``relation``
+            (w_rel) and ``kd`` (w_kd, response distillation
+            ``2 - 2 cos(q_s, q_t)``). Defaults to
+            ``dict(teacher=1.0, relation=1.0, kd=0.0)``.
+        teacher_pretrained (dict, optional): Offline-teacher mode. Keys:
+            ``checkpoint`` (path to any mmpretrain checkpoint or plain state
+            dict), ``prefix`` (prefix in front of ``backbone.``/``neck.`` in
+            that file: ``''`` for a MoCo checkpoint, ``'teacher.'`` for a
+            ReKD one; defaults to ``''``) and ``frozen`` (defaults to True:
+            no teacher loss and no teacher update). Loaded with
+            ``weights_only=True``. Defaults to None (online teacher).
+        data_preprocessor (dict, optional): Defaults to
+            ``SelfSupDataPreprocessor``.
+        init_cfg (dict or list[dict], optional): Initialisation config.
+    """
+
+    def __init__(self,
+                 backbone: dict,
+                 neck: dict,
+                 head: dict,
+                 teacher_backbone: dict,
+                 teacher_neck: dict,
+                 teacher_head: dict,
+                 miner: Optional[dict] = None,
+                 queue_len: int = 65536,
+                 feat_dim: int = 128,
+                 momentum: float = 0.001,
+                 teacher_momentum: Optional[float] = None,
+                 loss_weights: Optional[dict] = None,
+                 teacher_pretrained: Optional[dict] = None,
+                 data_preprocessor: Optional[dict] = None,
+                 init_cfg: Optional[Union[List[dict], dict]] = None) -> None:
+        for name, cfg in (('neck', neck), ('teacher_neck', teacher_neck)):
+            out = cfg.get('out_channels') if isinstance(cfg, dict) else None
+            if out is not None and out != feat_dim:
+                raise ValueError(
+                    f'model.{name}.out_channels={out} differs from '
+                    f'model.feat_dim={feat_dim}: student and teacher keys '
+                    'share index-aligned queues and prototypes, so both '
+                    'necks must output feat_dim channels.')
+        super().__init__(
+            backbone=backbone,
+            neck=neck,
+            head=head,
+            data_preprocessor=data_preprocessor,
+            init_cfg=init_cfg)
+        self.teacher = ModuleDict(
+            dict(
+                backbone=MODELS.build(teacher_backbone),
+                neck=MODELS.build(teacher_neck)))
+        self.teacher_head = MODELS.build(teacher_head)
+
+        self.loss_weights = dict(teacher=1.0, relation=1.0, kd=0.0)
+        unknown = set(loss_weights or {}) - set(self.loss_weights)
+        if unknown:
+            raise ValueError(f'model.loss_weights has unknown keys {unknown};'
+                             f' valid keys are {sorted(self.loss_weights)}')
+        self.loss_weights.update(loss_weights or {})
+
+        self.teacher_pretrained = None
+        if teacher_pretrained is not None:
+            self.teacher_pretrained = dict(prefix='', frozen=True)
+            self.teacher_pretrained.update(teacher_pretrained)
+            if 'checkpoint' not in self.teacher_pretrained:
+                raise ValueError('model.teacher_pretrained needs a '
+                                 "'checkpoint' (path to the teacher weights)")
+        self.teacher_frozen = bool(self.teacher_pretrained
+                                   and self.teacher_pretrained['frozen'])
+
+        self.encoder_k = ExponentialMovingAverage(
+            nn.Sequential(self.backbone, self.neck), momentum)
+        if self.teacher_frozen:
+            # A frozen teacher is its own momentum encoder.
+            self.teacher_encoder_k = None
+            for param in self.teacher.parameters():
+                param.requires_grad_(False)
+        else:
+            self.teacher_encoder_k = ExponentialMovingAverage(
+                nn.Sequential(self.teacher.backbone, self.teacher.neck),
+                momentum if teacher_momentum is None else teacher_momentum)
+
+        miner = dict(num_prototypes=1000) if miner is None else dict(miner)
+        self.queue_refresh_interval = int(
+            miner.pop('queue_refresh_interval', 100))
+        if self.queue_refresh_interval < 1:
+            raise ValueError('model.miner.queue_refresh_interval must be >= '
+                             f'1, got {self.queue_refresh_interval}')
+        self.miner = PrototypeBank(feat_dim=feat_dim, **miner)
+
+        if queue_len < 1:
+            raise ValueError(f'model.queue_len must be >= 1, got {queue_len}')
+        self.queue_len = queue_len
+        self.feat_dim = feat_dim
+        self.register_buffer(
+            'queue', F.normalize(torch.randn(feat_dim, queue_len), dim=0))
+        self.register_buffer(
+            'teacher_queue',
+            F.normalize(torch.randn(feat_dim, queue_len), dim=0))
+        self.register_buffer('queue_ptr', torch.zeros(1, dtype=torch.long))
+        # Slots written so far (saturates at L): k-means on the queue must
+        # only see real keys, never the random initial ones.
+        self.register_buffer('queue_count', torch.zeros((), dtype=torch.long))
+        self.register_buffer('queue_labels',
+                             torch.full((queue_len, ), -1, dtype=torch.long))
+        self.register_buffer('queue_assign',
+                             torch.full((queue_len, ), -1, dtype=torch.long))
+        # Iterations since the queue's assignments were last fully refreshed.
+        self.register_buffer('queue_assign_age',
+                             torch.zeros((), dtype=torch.long))
+
+    def init_weights(self) -> None:
+        """Initialise weights, then load the offline teacher if configured."""
+        super().init_weights()
+        if self.teacher_pretrained is not None:
+            self.load_teacher(self.teacher_pretrained['checkpoint'],
+                              self.teacher_pretrained['prefix'])
+
+    def load_teacher(self, checkpoint: str, prefix: str = '') -> None:
+        """Load teacher backbone and neck weights (``weights_only=True``).
+
+        Args:
+            checkpoint (str): Path to an mmpretrain checkpoint or a plain
+                state dict.
+            prefix (str): Prefix before ``backbone.``/``neck.`` in the file.
+                Defaults to ''.
+        """
+        load_weights_safely(
+            self.teacher,
+            checkpoint,
+            prefix=prefix,
+            submodules=('backbone', 'neck'),
+            what='teacher')
+        if self.teacher_encoder_k is not None:
+            # Restart the teacher EMA from the loaded weights.
+            self.teacher_encoder_k.steps.zero_()
+        MMLogger.get_current_instance().info(
+            f'Loaded the teacher from {checkpoint} (prefix {prefix!r}, '
+            f'frozen={self.teacher_frozen})')
+
+    def train(self, mode: bool = True) -> 'ReKD':
+        """Set train mode, keeping a frozen teacher in eval mode."""
+        super().train(mode)
+        if self.teacher_frozen:
+            self.teacher.eval()
+        return self
+
+    def extract_teacher_feat(self, inputs: torch.Tensor) -> Tuple:
+        """Teacher backbone features, e.g. for kNN or the miner's dataset
+        pass."""
+        return self.teacher.backbone(inputs)
+
+    @torch.no_grad()
+    def teacher_embed(self, inputs: torch.Tensor) -> torch.Tensor:
+        """L2-normalised embeddings of the teacher's momentum encoder, the
+        space in which relations are mined."""
+        encoder = self.teacher_encoder_k or nn.Sequential(
+            self.teacher.backbone, self.teacher.neck)
+        return F.normalize(encoder(inputs)[0].float(), dim=1)
+
+    def _encode_keys(self, ema: Optional[ExponentialMovingAverage],
+                     online: nn.Module, im_k: torch.Tensor) -> torch.Tensor:
+        """Momentum-update ``ema`` from ``online`` and encode the keys with
+        shuffle-BN (MoCo's recipe)."""
+        with torch.no_grad():
+            if ema is not None:
+                ema.update_parameters(online)
+            encoder = ema if ema is not None else online
+            im_k, idx_unshuffle = batch_shuffle_ddp(im_k)
+            keys = F.normalize(encoder(im_k)[0], dim=1)
+            return batch_unshuffle_ddp(keys, idx_unshuffle)
+
+    def check_global_batch(self, global_batch: int) -> None:
+        """Raise a clear error when the queue cannot hold whole batches."""
+        if self.queue_len % global_batch != 0:
+            raise ValueError(
+                f'model.queue_len={self.queue_len} is not a multiple of the '
+                f'global batch size {global_batch} (batch per GPU x world '
+                'size): the queue is filled one whole global batch at a '
+                'time. Change model.queue_len or train_dataloader.batch_size.')
+
+    @torch.no_grad()
+    def _dequeue_and_enqueue(self, student_keys: torch.Tensor,
+                             teacher_keys: torch.Tensor,
+                             teacher_assign: torch.Tensor,
+                             labels: torch.Tensor) -> None:
+        """Write one global batch into the index-aligned queues.
+
+        All arguments are already gathered from every rank, so each rank
+        writes the same values.
+        """
+        batch_size = student_keys.shape[0]
+        self.check_global_batch(batch_size)
+        ptr = int(self.queue_ptr)
+        self.queue[:, ptr:ptr + batch_size] = student_keys.t()
+        self.teacher_queue[:, ptr:ptr + batch_size] = teacher_keys.t()
+        self.queue_labels[ptr:ptr + batch_size] = labels
+        self.queue_assign[ptr:ptr + batch_size] = teacher_assign
+        self.queue_ptr[0] = (ptr + batch_size) % self.queue_len
+        self.queue_count.clamp_(max=self.queue_len - batch_size).add_(
+            batch_size)
+
+    @torch.no_grad()
+    def refresh_queue_assign(self) -> None:
+        """Re-assign every filled teacher-queue slot to the current bank."""
+        assign, _ = self.miner.assign(self.teacher_queue.t())
+        filled = torch.arange(
+            self.queue_len, device=assign.device) < self.queue_count
+        self.queue_assign.copy_(torch.where(filled, assign, -1))
+        self.queue_assign_age.zero_()
+
+    def filled_teacher_keys(self) -> torch.Tensor:
+        """The ``(queue_count, D)`` teacher keys written so far."""
+        return self.teacher_queue[:, :int(self.queue_count)].t()
+
+    def loss(self, inputs: List[torch.Tensor], data_samples: List[DataSample],
+             **kwargs) -> Dict[str, torch.Tensor]:
+        """The forward function in training.
+
+        Args:
+            inputs (List[Tensor]): The two augmented views.
+            data_samples (List[DataSample]): The samples; ``gt_label`` is
+                read, when present, for the relation-precision statistic
+                only.
+
+        Returns:
+            Dict[str, Tensor]: ``loss_teacher``, ``loss_relation`` (and
+            ``loss_kd``) plus the logged statistics.
+        """
+        assert isinstance(inputs, list) and len(inputs) >= 2
+        im_q, im_k = inputs[0], inputs[1]
+        losses = dict()
+
+        # Student: queries with gradient, keys from its momentum encoder.
+        student = nn.Sequential(self.backbone, self.neck)
+        q_s = F.normalize(student(im_q)[0], dim=1)
+        k_s = self._encode_keys(self.encoder_k, student, im_k)
+
+        # Teacher: its own MoCo v2, trained online unless frozen.
+        teacher = nn.Sequential(self.teacher.backbone, self.teacher.neck)
+        q_t = None
+        if not self.teacher_frozen:
+            q_t = F.normalize(teacher(im_q)[0], dim=1)
+            k_t = self._encode_keys(self.teacher_encoder_k, teacher, im_k)
+            l_pos = torch.einsum('nc,nc->n', q_t, k_t).unsqueeze(-1)
+            l_neg = q_t @ self.teacher_queue.clone().detach()
+            losses['loss_teacher'] = self.loss_weights[
+                'teacher'] * self.teacher_head.loss(l_pos, l_neg)
+        else:
+            k_t = self._encode_keys(None, teacher, im_k)
+
+        # Relation mining in the teacher's space (connection step).
+        labels = torch.stack([
+            sample.gt_label[0] if 'gt_label' in sample else
+            torch.tensor(-1) for sample in data_samples
+        ]).to(device=k_t.device, dtype=torch.long) if data_samples else \
+            torch.full((k_t.shape[0], ), -1, device=k_t.device)
+        pos_mask, anchor_assign = None, None
+        if self.miner.is_initialized:
+            with torch.no_grad():
+                if int(self.queue_assign_age) >= self.queue_refresh_interval:
+                    self.refresh_queue_assign()
+                anchor_assign, _ = self.miner.assign(k_t)
+                pos_mask = (anchor_assign[:, None] == self.queue_assign[None])
+                pos_mask &= (anchor_assign >= 0)[:, None]
+        losses['loss_relation'] = self.loss_weights[
+            'relation'] * self.head.loss(q_s, k_s,
+                                         self.queue.clone().detach(),
+                                         pos_mask)
+        if self.loss_weights['kd'] > 0:
+            if q_t is None:
+                with torch.no_grad():
+                    q_t = F.normalize(teacher(im_q)[0], dim=1)
+            cos = (q_s * q_t.detach()).sum(1)
+            losses['loss_kd'] = self.loss_weights['kd'] * (2 - 2 * cos).mean()
+
+        losses.update(self._relation_stats(pos_mask, anchor_assign, labels))
+
+        # Update step and enqueue, on keys gathered from every rank so that
+        # the bank and both queues stay identical across ranks.
+        with torch.no_grad():
+            all_k_s = torch.cat(all_gather(k_s.float()))
+            all_k_t = torch.cat(all_gather(k_t.float()))
+            all_labels = torch.cat(all_gather(labels))
+            all_assign = torch.full_like(all_labels, -1)
+            if self.miner.is_initialized:
+                all_assign, all_sim = self.miner.assign(all_k_t)
+                self.miner.update(all_k_t, all_assign, all_sim)
+                all_assign, _ = self.miner.assign(all_k_t)
+                self.queue_assign_age.add_(1)
+            self._dequeue_and_enqueue(all_k_s, all_k_t, all_assign,
+                                      all_labels)
+        return losses
+
+    @torch.no_grad()
+    def _relation_stats(self, pos_mask: Optional[torch.Tensor],
+                        anchor_assign: Optional[torch.Tensor],
+                        labels: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """Statistics of the mined relations (logged, not summed)."""
+        zero = labels.new_zeros((), dtype=torch.float)
+        if pos_mask is None:
+            return dict(
+                proto_assigned_ratio=zero,
+                relation_pos_per_anchor=zero,
+                proto_in_use=zero)
+        stats = dict(
+            proto_assigned_ratio=(anchor_assign >= 0).float().mean(),
+            relation_pos_per_anchor=pos_mask.sum(1).float().mean(),
+            proto_in_use=count_used(self.queue_assign,
+                                    self.miner.num_prototypes))
+        # Relation precision: share of mined pairs whose true classes agree,
+        # counted only where both labels are known.
+        known = (labels >= 0)[:, None] & (self.queue_labels >= 0)[None]
+        pairs = pos_mask & known
+        num_pairs = pairs.sum()
+        if int(num_pairs) > 0:
+            agree = pairs & (labels[:, None] == self.queue_labels[None])
+            stats['relation_precision'] = agree.sum().float() / num_pairs
+        return stats

@@ -1,0 +1,4 @@
+# Copyright (c) OpenMMLab. All rights reserved.
+from .relation_contrastive_head import RelationContrastiveHead
+
+__all__ = ['RelationContrastiveHead']

@@ -1,0 +1,161 @@
+# Copyright (c) OpenMMLab. All rights reserved.
+from typing import Optional, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .spherical_kmeans import assign_to_centroids, spherical_kmeans
+
+
+class PrototypeBank(nn.Module):
+    """The relation miner's prototype bank in the teacher's embedding space.
+
+    All state is kept in buffers (``prototypes``, ``initialized`` and
+    ``last_cluster_iter``) so that checkpoints and ``--resume`` restore it and
+    a restored bank is never initialised again.
+
+    Connection step (:meth:`assign`): an embedding ``e`` is assigned to
+    ``argmax_k <e, p_k>`` when that similarity reaches ``threshold`` (Θ),
+    else to ``-1`` (unassigned).
+
+    Update step (:meth:`update`): for each prototype with assigned anchors
+    ``z_i`` and similarities ``s_i``::
+
+        a_k = sum(s_i z_i) / sum(s_i)
+        m_k = 1 - (1 - momentum) * mean(s_i)
+        p_k <- normalise(m_k p_k + (1 - m_k) a_k)
+
+    Unlike mmengine's EMA convention, ``momentum`` (m0) here is the weight of
+    the OLD prototype, as in the method's equations: confident anchors (high
+    ``s_i``) move a prototype more. Negative similarities (possible when
+    Θ < 0) are clamped to 0 in the weights.
+
+    The update is only ever called with keys that were all-gathered across
+    ranks, so every rank applies the same update to the same bank without an
+    extra collective (mmengine wraps DDP with ``broadcast_buffers=False``).
+
+    Args:
+        num_prototypes (int): Number of prototypes K.
+        feat_dim (int): Embedding dimension D. Defaults to 128.
+        threshold (float): Assignment threshold Θ in [-1, 1].
+            Defaults to 0.5.
+        momentum (float): Base momentum m0 in [0, 1). Defaults to 0.99.
+    """
+
+    def __init__(self,
+                 num_prototypes: int,
+                 feat_dim: int = 128,
+                 threshold: float = 0.5,
+                 momentum: float = 0.99) -> None:
+        super().__init__()
+        if not isinstance(num_prototypes, int) or num_prototypes < 1:
+            raise ValueError('model.miner.num_prototypes must be a positive '
+                             f'int, got {num_prototypes!r}')
+        if not -1.0 <= float(threshold) <= 1.0:
+            raise ValueError(
+                f'model.miner.threshold (Θ) must lie in [-1, 1] because it '
+                f'is compared with cosine similarities, got {threshold}')
+        if not 0.0 <= float(momentum) < 1.0:
+            raise ValueError('model.miner.momentum (m0) must lie in [0, 1), '
+                             f'got {momentum}')
+        self.num_prototypes = num_prototypes
+        self.feat_dim = feat_dim
+        self.threshold = float(threshold)
+        self.momentum = float(momentum)
+        self.register_buffer('prototypes',
+                             torch.zeros(num_prototypes, feat_dim))
+        self.register_buffer('initialized', torch.zeros((), dtype=torch.bool))
+        # Training iteration of the last (re-)clustering, -1 before any.
+        self.register_buffer('last_cluster_iter',
+                             torch.full((), -1, dtype=torch.long))
+
+    @property
+    def is_initialized(self) -> bool:
+        """bool: Whether the bank holds clustered prototypes."""
+        return bool(self.initialized)
+
+    @torch.no_grad()
+    def assign(self, embeddings: torch.Tensor
+               ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Connection step: map embeddings to prototypes, or -1.
+
+        Args:
+            embeddings (Tensor): ``(N, D)`` L2-normalised embeddings.
+
+        Returns:
+            Tuple[Tensor, Tensor]: The assignment ``(N,)`` (long, -1 when the
+            best similarity is below Θ) and the best similarity ``(N,)``.
+        """
+        idx, sim = assign_to_centroids(embeddings.float(), self.prototypes)
+        idx = torch.where(sim >= self.threshold, idx, torch.full_like(idx, -1))
+        return idx, sim
+
+    @torch.no_grad()
+    def update(self, embeddings: torch.Tensor, assignment: torch.Tensor,
+               similarity: torch.Tensor) -> None:
+        """Update step: move each prototype towards its assigned anchors.
+
+        Args:
+            embeddings (Tensor): ``(N, D)`` anchors, identical on all ranks.
+            assignment (Tensor): ``(N,)`` from :meth:`assign`.
+            similarity (Tensor): ``(N,)`` from :meth:`assign`.
+        """
+        valid = assignment >= 0
+        idx = assignment[valid]
+        weight = similarity[valid].float().clamp(min=0)
+        emb = embeddings[valid].float()
+        num_k = self.num_prototypes
+        weight_sum = weight.new_zeros(num_k).index_add_(0, idx, weight)
+        weighted = emb.new_zeros(num_k, self.feat_dim).index_add_(
+            0, idx, weight[:, None] * emb)
+        counts = torch.bincount(idx, minlength=num_k).to(weight.dtype)
+        moved = weight_sum > 0
+        target = weighted / weight_sum.clamp(min=1e-12)[:, None]
+        mean_sim = weight_sum / counts.clamp(min=1)
+        m_k = 1 - (1 - self.momentum) * mean_sim
+        new = F.normalize(
+            m_k[:, None] * self.prototypes + (1 - m_k[:, None]) * target,
+            dim=1)
+        self.prototypes.copy_(torch.where(moved[:, None], new,
+                                          self.prototypes))
+
+    @torch.no_grad()
+    def initialize(self,
+                   embeddings: torch.Tensor,
+                   current_iter: int = 0,
+                   distributed: bool = True,
+                   **kmeans_kwargs) -> dict:
+        """Cluster embeddings with spherical k-means and load the centroids.
+
+        Args:
+            embeddings (Tensor): ``(N_local, D)`` teacher embeddings; a shard
+                per rank when ``distributed`` is True.
+            current_iter (int): The training iteration, recorded in
+                ``last_cluster_iter``. Defaults to 0.
+            distributed (bool): See :func:`spherical_kmeans`.
+            **kmeans_kwargs: Passed to :func:`spherical_kmeans`.
+
+        Returns:
+            dict: The k-means information.
+        """
+        centroids, info = spherical_kmeans(
+            embeddings.to(self.prototypes.device),
+            self.num_prototypes,
+            distributed=distributed,
+            **kmeans_kwargs)
+        self.prototypes.copy_(centroids)
+        self.initialized.fill_(True)
+        self.last_cluster_iter.fill_(current_iter)
+        return info
+
+    def extra_repr(self) -> str:
+        return (f'num_prototypes={self.num_prototypes}, '
+                f'feat_dim={self.feat_dim}, threshold={self.threshold}, '
+                f'momentum={self.momentum}')
+
+
+def count_used(assignment: torch.Tensor, num_prototypes: int) -> torch.Tensor:
+    """Number of distinct prototypes holding at least one assignment."""
+    valid = assignment[assignment >= 0]
+    return (torch.bincount(valid, minlength=num_prototypes) > 0).sum().float()

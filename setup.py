@@ -1,0 +1,4 @@
+# Metadata and dependencies live in setup.cfg.
+from setuptools import setup
+
+setup()
