@@ -7,6 +7,7 @@ Importing the package registers its modules in mmpretrain's registries
 """
 from .datasets import *  # noqa: F401,F403
 from .engine import *  # noqa: F401,F403
+from .evaluation import *  # noqa: F401,F403
 from .models import *  # noqa: F401,F403
 from .utils import register_checkpoint_safe_globals
 from .version import __version__

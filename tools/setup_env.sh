@@ -27,6 +27,18 @@ if [ ! -f "$fmnist_dir/train-images-idx3-ubyte.gz" ]; then
     DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq dataset-fashion-mnist
 fi
 
+# mmpretrain's FashionMNIST reads the unpacked idx files: unpack them into the
+# clone (data/ is git-ignored).
+fmnist_out="$repo_root/data/fashion_mnist"
+mkdir -p "$fmnist_out"
+for gz in "$fmnist_dir"/*-ubyte.gz; do
+    out="$fmnist_out/$(basename "$gz" .gz)"
+    if [ ! -s "$out" ]; then
+        gunzip -c "$gz" > "$out.tmp"
+        mv -f "$out.tmp" "$out"
+    fi
+done
+
 if [ ! -f "$venv_dir/.complete" ]; then
     echo "[setup] building venv $venv_dir with $python_bin (first time: a few minutes)"
     rm -rf "$venv_dir"

@@ -1,4 +1,5 @@
 # Copyright (c) OpenMMLab. All rights reserved.
 from .formatting import GrayToRGB
+from .loading import SafeLoadImageFromFile
 
-__all__ = ['GrayToRGB']
+__all__ = ['GrayToRGB', 'SafeLoadImageFromFile']

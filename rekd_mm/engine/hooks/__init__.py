@@ -1,4 +1,10 @@
 # Copyright (c) OpenMMLab. All rights reserved.
+from .atomic_checkpoint_hook import AtomicCheckpointHook
+from .knn_monitor_hook import KNNMonitorHook
+from .loss_guard_hook import LossGuardHook
 from .relation_miner_hook import RelationMinerHook
 
-__all__ = ['RelationMinerHook']
+__all__ = [
+    'AtomicCheckpointHook', 'KNNMonitorHook', 'LossGuardHook',
+    'RelationMinerHook'
+]

@@ -1,6 +1,9 @@
 # Copyright (c) OpenMMLab. All rights reserved.
+import random
+from contextlib import contextmanager
 from typing import Optional, Sequence, Union
 
+import numpy as np
 import torch
 from mmengine.dist import get_world_size, is_main_process
 from mmengine.hooks import Hook
@@ -120,14 +123,23 @@ class RelationMinerHook(Hook):
                 raise ValueError(
                     f'RelationMinerHook: the data set for k-means has '
                     f'{num_samples} samples, fewer than '
-                    f'model.miner.num_prototypes={num_k}.')
+                    f'model.miner.num_prototypes={num_k}. Lower '
+                    'num_prototypes or give the hook a larger '
+                    'init_dataloader.')
 
     def _dataset_loader(self, runner: Runner):
         if self.init_dataloader is None:
             # A separate loader over the training set: iterating the
             # runner's own (persistent-worker, possibly infinite) loader
             # would disturb the epoch in progress.
-            self.init_dataloader = dict(runner.cfg.train_dataloader)
+            train_cfg = runner.cfg.get('train_dataloader')
+            if train_cfg is None:
+                raise ValueError(
+                    "RelationMinerHook: source='dataset' without "
+                    'init_dataloader reuses the train_dataloader config, but '
+                    'this Runner has none in runner.cfg (it was not built '
+                    'with Runner.from_cfg). Pass init_dataloader=dict(...).')
+            self.init_dataloader = dict(train_cfg)
             self.init_dataloader.update(
                 persistent_workers=False, drop_last=False)
             self.init_dataloader['sampler'] = dict(
@@ -188,15 +200,36 @@ class RelationMinerHook(Hook):
         model.eval()
         feats = []
         bar = ProgressBar(len(loader)) if is_main_process() else None
-        for data in loader:
-            data = model.data_preprocessor(data, False)
-            inputs = data['inputs']
-            if isinstance(inputs, Sequence):
-                inputs = inputs[0]
-            feats.append(model.teacher_embed(inputs))
-            if bar is not None:
-                bar.update()
+        # The pass must not consume the global RNGs that the training
+        # augmentations draw from: a run resumed after the initialisation
+        # skips the pass, and would otherwise diverge from an uninterrupted
+        # run.
+        with _preserved_global_rng():
+            for data in loader:
+                data = model.data_preprocessor(data, False)
+                inputs = data['inputs']
+                if isinstance(inputs, Sequence):
+                    inputs = inputs[0]
+                feats.append(model.teacher_embed(inputs))
+                if bar is not None:
+                    bar.update()
         if bar is not None:
             print()
         model.train(was_training)
         return torch.cat(feats)
+
+
+@contextmanager
+def _preserved_global_rng():
+    """Restore Python's, numpy's and torch's (CPU) global RNG states on exit.
+
+    The CUDA generators are left alone: the teacher pass draws nothing from
+    them (eval mode, no dropout); data loading draws from the CPU ones.
+    """
+    py_state, np_state = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=[]):
+        try:
+            yield
+        finally:
+            random.setstate(py_state)
+            np.random.set_state(np_state)

@@ -224,15 +224,33 @@ class ReKD(BaseSelfSupervisor):
             self.teacher.backbone, self.teacher.neck)
         return F.normalize(encoder(inputs)[0].float(), dim=1)
 
-    def _encode_keys(self, ema: Optional[ExponentialMovingAverage],
-                     online: nn.Module, im_k: torch.Tensor) -> torch.Tensor:
+    def _encode_keys(self,
+                     ema: Optional[ExponentialMovingAverage],
+                     online: nn.Module,
+                     im_k: torch.Tensor,
+                     stream: int = 0) -> torch.Tensor:
         """Momentum-update ``ema`` from ``online`` and encode the keys with
-        shuffle-BN (MoCo's recipe)."""
+        shuffle-BN (MoCo's recipe).
+
+        ``stream`` (0 student, 1 teacher) keeps the two shuffles different.
+        """
         with torch.no_grad():
             if ema is not None:
                 ema.update_parameters(online)
             encoder = ema if ema is not None else online
-            im_k, idx_unshuffle = batch_shuffle_ddp(im_k)
+            # mmpretrain's shuffle draws from the global RNG, which mmengine
+            # does not checkpoint: a resumed run would shuffle (and so
+            # normalise) differently from an uninterrupted one. Seed it from
+            # the run seed and the checkpointed step count instead, and
+            # leave the global RNG untouched, so that resuming is exact.
+            # (The permutation is drawn on the CPU: only the CPU generator
+            # is re-seeded, and restored on exit.)
+            step = int(self.encoder_k.steps)
+            with torch.random.fork_rng(devices=[]):
+                torch.default_generator.manual_seed(
+                    (torch.initial_seed() * 1000003 + 2 * step + stream) %
+                    2**63)
+                im_k, idx_unshuffle = batch_shuffle_ddp(im_k)
             keys = F.normalize(encoder(im_k)[0], dim=1)
             return batch_unshuffle_ddp(keys, idx_unshuffle)
 
@@ -307,13 +325,14 @@ class ReKD(BaseSelfSupervisor):
         q_t = None
         if not self.teacher_frozen:
             q_t = F.normalize(teacher(im_q)[0], dim=1)
-            k_t = self._encode_keys(self.teacher_encoder_k, teacher, im_k)
+            k_t = self._encode_keys(
+                self.teacher_encoder_k, teacher, im_k, stream=1)
             l_pos = torch.einsum('nc,nc->n', q_t, k_t).unsqueeze(-1)
             l_neg = q_t @ self.teacher_queue.clone().detach()
             losses['loss_teacher'] = self.loss_weights[
                 'teacher'] * self.teacher_head.loss(l_pos, l_neg)
         else:
-            k_t = self._encode_keys(None, teacher, im_k)
+            k_t = self._encode_keys(None, teacher, im_k, stream=1)
 
         # Relation mining in the teacher's space (connection step).
         labels = torch.stack([

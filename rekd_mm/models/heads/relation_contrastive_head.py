@@ -59,8 +59,9 @@ class RelationContrastiveHead(BaseModule):
         Returns:
             Tensor: The scalar loss, multiplied by ``loss_weight``.
         """
-        l_pos = torch.einsum('nc,nc->n', query, key).unsqueeze(-1)
-        l_neg = query @ queue
+        # Keys and queue are targets: the loss trains the query encoder only.
+        l_pos = torch.einsum('nc,nc->n', query, key.detach()).unsqueeze(-1)
+        l_neg = query @ queue.detach()
         logits = torch.cat([l_pos, l_neg], dim=1) / self.temperature
         log_prob = F.log_softmax(logits.float(), dim=1)
         if pos_mask is None:

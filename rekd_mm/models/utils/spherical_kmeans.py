@@ -14,31 +14,54 @@ import torch.nn.functional as F
 from mmengine.dist import all_gather, all_reduce, broadcast, get_world_size
 
 
+# Most similarity scores held at once by ``assign_to_centroids``. On CPU a
+# block that stays in cache, written into one reused buffer, is what makes the
+# E-step fast: a fresh 65536 x K block per chunk costs page faults and memory
+# bandwidth (4x slower at K=10000, 3.7 GiB of RSS at N=100k). Accelerators get
+# larger blocks, hence fewer kernel launches.
+_CPU_BLOCK_ELEMENTS = 1 << 22  # 16 MiB of float32
+_DEVICE_BLOCK_ELEMENTS = 1 << 26  # 256 MiB of float32
+
+
 def assign_to_centroids(embeddings: torch.Tensor,
                         centroids: torch.Tensor,
                         chunk_size: int = 65536
                         ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Cosine-assign unit vectors to their nearest unit centroid.
 
-    The N x K similarity matrix is only ever built ``chunk_size`` rows at a
-    time, so memory stays bounded for millions of embeddings.
+    The N x K similarity matrix is never built: rows are scored in chunks of
+    at most ``chunk_size`` rows, and fewer when K is large, so that a chunk
+    holds at most 16 MiB of scores on CPU (256 MiB on an accelerator). The
+    chunks are written into one reused buffer, so memory stays bounded for
+    millions of embeddings and any K.
 
     Args:
         embeddings (Tensor): ``(N, D)`` L2-normalised embeddings.
         centroids (Tensor): ``(K, D)`` L2-normalised centroids.
-        chunk_size (int): Rows scored at once. Defaults to 65536.
+        chunk_size (int): Most rows scored at once. Defaults to 65536.
 
     Returns:
         Tuple[Tensor, Tensor]: The best centroid index ``(N,)`` (long) and
         its cosine similarity ``(N,)``.
     """
-    best_sim = embeddings.new_empty(embeddings.shape[0])
-    best_idx = torch.empty(
-        embeddings.shape[0], dtype=torch.long, device=embeddings.device)
-    for start in range(0, embeddings.shape[0], chunk_size):
-        sim = embeddings[start:start + chunk_size] @ centroids.t()
-        best_sim[start:start + chunk_size], best_idx[start:start +
-                                                     chunk_size] = sim.max(1)
+    num, num_k = embeddings.shape[0], centroids.shape[0]
+    best_sim = embeddings.new_empty(num)
+    best_idx = torch.empty(num, dtype=torch.long, device=embeddings.device)
+    budget = (_CPU_BLOCK_ELEMENTS if embeddings.device.type == 'cpu' else
+              _DEVICE_BLOCK_ELEMENTS)
+    rows = max(1, min(chunk_size, budget // max(1, num_k), num))
+    # ``out=`` does not support autograd: score differentiable inputs the
+    # plain way (no caller needs it, but the function allowed it).
+    differentiable = torch.is_grad_enabled() and (
+        embeddings.requires_grad or centroids.requires_grad)
+    buffer = None if differentiable else embeddings.new_empty(rows, num_k)
+    for start in range(0, num, rows):
+        chunk = embeddings[start:start + rows]
+        if buffer is None:
+            sim = chunk @ centroids.t()
+        else:
+            sim = torch.mm(chunk, centroids.t(), out=buffer[:chunk.shape[0]])
+        best_sim[start:start + rows], best_idx[start:start + rows] = sim.max(1)
     return best_idx, best_sim
 
 

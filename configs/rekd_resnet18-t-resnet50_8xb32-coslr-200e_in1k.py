@@ -1,0 +1,12 @@
+# ReKD on ImageNet-1k: ResNet-18 student, online ResNet-50 teacher.
+_base_ = './rekd_mobilenet-v2-t-resnet50_8xb32-coslr-200e_in1k.py'
+custom_imports = dict(imports=['rekd_mm'], allow_failed_imports=False)
+
+model = dict(
+    backbone=dict(
+        _delete_=True,
+        type='ResNet',
+        depth=18,
+        norm_cfg=dict(type='BN'),
+        zero_init_residual=False),
+    neck=dict(in_channels=512, hid_channels=512))

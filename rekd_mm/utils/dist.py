@@ -1,0 +1,169 @@
+# Copyright (c) OpenMMLab. All rights reserved.
+"""Distributed training on CPU-only machines with mmengine's Runner.
+
+mmengine 0.10.7 assumes a GPU per process as soon as a launcher is given:
+``init_dist`` calls ``torch.cuda.set_device(LOCAL_RANK)`` ("Found no NVIDIA
+driver") and ``Runner.wrap_model`` passes ``device_ids=[LOCAL_RANK]`` to
+``DistributedDataParallel``, which torch rejects for a CPU module. The Runner
+only initialises the process group when none exists and only passes
+``device_ids`` when ``model_wrapper_cfg`` does not, so
+:func:`setup_cpu_distributed` prepares both before the Runner is built. On a
+machine with CUDA it does nothing and mmengine's own (nccl) path runs
+unchanged.
+"""
+import copy
+import datetime
+import logging
+import os
+import subprocess
+from typing import Any
+
+import torch
+import torch.distributed as torch_dist
+from mmengine.config import Config
+from mmengine.logging import print_log
+from mmengine.registry import MODEL_WRAPPERS
+from torch.nn.parallel import DistributedDataParallel
+
+__all__ = ['setup_cpu_distributed', 'revert_sync_bn_cfg']
+
+# Norm layer types that only run on GPUs (torch's and mmcv's SyncBN).
+SYNC_BN_TYPES = ('SyncBN', 'MMSyncBN')
+
+
+def revert_sync_bn_cfg(node: Any) -> int:
+    """Replace SyncBN norm configs by BN, in place.
+
+    Args:
+        node (Any): A config node (dict, list or leaf), e.g. ``cfg.model``.
+
+    Returns:
+        int: How many norm configs were changed.
+    """
+    changed = 0
+    if isinstance(node, dict):
+        if node.get('type') in SYNC_BN_TYPES:
+            node['type'] = 'BN'
+            changed += 1
+        for value in node.values():
+            changed += revert_sync_bn_cfg(value)
+    elif isinstance(node, (list, tuple)):
+        for value in node:
+            changed += revert_sync_bn_cfg(value)
+    return changed
+
+
+def _set_env_from_launcher(launcher: str) -> None:
+    """Fill ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``/``MASTER_*`` the way
+    mmengine's ``init_dist`` does for each launcher (``torchrun`` already
+    sets them for ``pytorch``)."""
+    if launcher == 'mpi':
+        os.environ['RANK'] = os.environ['OMPI_COMM_WORLD_RANK']
+        os.environ['WORLD_SIZE'] = os.environ['OMPI_COMM_WORLD_SIZE']
+        os.environ['LOCAL_RANK'] = os.environ['OMPI_COMM_WORLD_LOCAL_RANK']
+        if 'MASTER_ADDR' not in os.environ:
+            raise KeyError('--launcher mpi needs the environment variable '
+                           'MASTER_ADDR (address of the rank-0 host)')
+    elif launcher == 'slurm':
+        os.environ['RANK'] = os.environ['SLURM_PROCID']
+        os.environ['WORLD_SIZE'] = os.environ['SLURM_NTASKS']
+        os.environ['LOCAL_RANK'] = os.environ.get('SLURM_LOCALID', '0')
+        if 'MASTER_ADDR' not in os.environ:
+            node_list = os.environ['SLURM_NODELIST']
+            os.environ['MASTER_ADDR'] = subprocess.getoutput(
+                f'scontrol show hostname {node_list} | head -n1')
+    elif launcher != 'pytorch':
+        raise ValueError(f'unknown launcher {launcher!r}')
+    os.environ.setdefault('MASTER_PORT', '29500')
+    missing = [
+        name for name in ('RANK', 'WORLD_SIZE', 'MASTER_ADDR')
+        if name not in os.environ
+    ]
+    if missing:
+        raise KeyError(
+            f'--launcher {launcher} needs the environment variables '
+            f'{missing}; start the script with torchrun (tools/dist_train.sh)'
+            ' or use --launcher none for a single process.')
+
+
+def setup_cpu_distributed(cfg: Config) -> bool:
+    """Make ``cfg.launcher`` work on a machine without CUDA.
+
+    When ``cfg.launcher`` is not ``'none'`` and CUDA is unavailable:
+
+    - SyncBN norm configs in ``cfg.model`` become BN, with a warning (torch's
+      ``SyncBatchNorm`` only runs on GPUs). Each rank then normalises over
+      its own batch, as MoCo's shuffle-BN intends anyway. ``cfg.sync_bn`` is
+      dropped for the same reason.
+    - ``cfg.env_cfg.dist_cfg.backend`` becomes ``'gloo'`` (``'mpi'`` is
+      kept), and the gloo process group is initialised here, so the Runner
+      skips its CUDA-only ``init_dist``.
+    - ``cfg.model_wrapper_cfg`` is set to ``MMDistributedDataParallel``
+      with ``device_ids=None`` unless the config already has one (a DDP
+      wrapper of the config gets ``device_ids=None`` when it sets none).
+
+    Args:
+        cfg (Config): The merged config, with ``launcher`` set. Modified in
+            place.
+
+    Returns:
+        bool: True when the CPU process group was set up here, False when
+        nothing was done (no launcher, CUDA present, or a process group
+        already initialised).
+    """
+    launcher = cfg.get('launcher', 'none')
+    if launcher == 'none' or torch.cuda.is_available():
+        return False
+    if torch_dist.is_available() and torch_dist.is_initialized():
+        return False
+
+    num_sync_bn = revert_sync_bn_cfg(cfg.model)
+    if num_sync_bn:
+        print_log(
+            f'No CUDA: {num_sync_bn} SyncBN norm config(s) in the model were '
+            'changed to BN (SyncBatchNorm only runs on GPUs); every rank '
+            'normalises over its own batch.',
+            logger='current',
+            level=logging.WARNING)
+    if cfg.get('sync_bn'):
+        print_log(
+            f'No CUDA: ignoring sync_bn={cfg.sync_bn!r} (GPU only).',
+            logger='current',
+            level=logging.WARNING)
+        cfg.sync_bn = None
+
+    env_cfg = cfg.setdefault('env_cfg', {})
+    dist_cfg = copy.deepcopy(env_cfg.get('dist_cfg') or {})
+    if dist_cfg.get('backend') != 'mpi':
+        dist_cfg['backend'] = 'gloo'
+    env_cfg['dist_cfg'] = dist_cfg
+
+    kwargs = {
+        k: v
+        for k, v in dist_cfg.items()
+        # Arguments of mmengine's init_dist, not of init_process_group.
+        if k not in ('backend', 'init_backend', 'port')
+    }
+    if dist_cfg.get('port') is not None:
+        os.environ['MASTER_PORT'] = str(dist_cfg['port'])
+    _set_env_from_launcher(launcher)
+    if kwargs.get('timeout') is not None:
+        kwargs['timeout'] = datetime.timedelta(seconds=kwargs['timeout'])
+    torch_dist.init_process_group(
+        backend=dist_cfg['backend'], init_method='env://', **kwargs)
+
+    if cfg.get('model_wrapper_cfg') is None:
+        cfg.model_wrapper_cfg = dict(
+            type='MMDistributedDataParallel',
+            device_ids=None,
+            broadcast_buffers=False,
+            find_unused_parameters=cfg.get('find_unused_parameters', False))
+    else:
+        # The Runner gives a DDP wrapper device_ids=[LOCAL_RANK] unless the
+        # config sets them.
+        wrapper = MODEL_WRAPPERS.get(
+            cfg.model_wrapper_cfg.get('type', 'MMDistributedDataParallel'))
+        if wrapper is not None and issubclass(wrapper,
+                                              DistributedDataParallel):
+            cfg.model_wrapper_cfg.setdefault('device_ids', None)
+    return True

@@ -1,0 +1,152 @@
+# Copyright (c) OpenMMLab. All rights reserved.
+"""Every config in configs/ loads, builds, and keeps its promises.
+
+A config whose student does not feed its neck (wrong ``in_channels``), whose
+neck does not output ``feat_dim``, or whose MoCo v2 baseline drifted from
+the ReKD run it is compared with would only fail hours into a run.
+"""
+import glob
+import os.path as osp
+import re
+
+import pytest
+import torch
+from mmengine.config import Config
+
+import rekd_mm  # noqa: F401  (registers ReKD, its head and hook)
+from mmpretrain.models import MoCo
+from mmpretrain.registry import HOOKS, MODELS
+from rekd_mm.models import ReKD
+
+CONFIG_DIR = osp.join(osp.dirname(osp.dirname(__file__)), 'configs')
+CONFIGS = sorted(glob.glob(osp.join(CONFIG_DIR, '*.py')))
+NAMES = [osp.basename(path) for path in CONFIGS]
+# Short names the design documents, each a thin child of a config named in
+# mmpretrain's convention.
+ALIASES = {'rekd_mbv2_r50_200e.py'}
+# {algo}_{student}[-t-{teacher}]_{N}xb{B}-{schedule}_{data}.py
+NAME_RE = re.compile(r'^(rekd|mocov2)_([a-z0-9-]+?)(-t-[a-z0-9-]+)?_'
+                     r'(\d+)xb(\d+)-[a-z0-9-]+_[a-z0-9-]+\.py$')
+
+
+def _load(name: str) -> Config:
+    return Config.fromfile(osp.join(CONFIG_DIR, name))
+
+
+def _strip_scope(node):
+    """Drop the ``_scope_`` keys that ``mmpretrain::`` bases add."""
+    if isinstance(node, dict):
+        return {k: _strip_scope(v) for k, v in node.items() if k != '_scope_'}
+    if isinstance(node, (list, tuple)):
+        return [_strip_scope(v) for v in node]
+    return node
+
+
+def test_design_names_exist():
+    assert 'rekd_mbv2_r50_200e.py' in NAMES
+    for student in ('mobilenet-v2', 'resnet18', 'efficientnet-b0',
+                    'mobilenet-v3-large', 'shufflenet-v2'):
+        assert f'rekd_{student}-t-resnet50_8xb32-coslr-200e_in1k.py' in NAMES
+        assert f'mocov2_{student}_8xb32-coslr-200e_in1k.py' in NAMES
+    for data in ('fashion-mnist', 'cifar10'):
+        assert f'rekd_mobilenet-v2-t-resnet18_1xb64-400i_{data}.py' in NAMES
+        assert f'mocov2_mobilenet-v2_1xb64-400i_{data}.py' in NAMES
+
+
+@pytest.mark.parametrize('name', NAMES)
+def test_config_builds_and_student_feeds_feat_dim(name):
+    cfg = _load(name)
+    assert 'rekd_mm' in cfg.custom_imports['imports']
+    model_cfg = cfg.model.copy()
+    # The Runner merges the top-level data_preprocessor the same way.
+    model_cfg.setdefault('data_preprocessor', cfg.get('data_preprocessor'))
+    model = MODELS.build(model_cfg).eval()
+    assert isinstance(model, (ReKD, MoCo))
+    assert name.startswith('rekd_') == isinstance(model, ReKD)
+
+    # The student sits at backbone/neck (so linear-probe and mmdet configs
+    # load it with prefix='backbone.'), and its neck outputs feat_dim.
+    feat_dim = cfg.model.feat_dim
+    images = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        out = model.neck(model.backbone(images))[0]
+        assert out.shape == (2, feat_dim)
+        if isinstance(model, ReKD):
+            out_t = model.teacher.neck(model.teacher.backbone(images))[0]
+            assert out_t.shape == (2, feat_dim)
+    assert model.queue.shape == (feat_dim, cfg.model.queue_len)
+
+    # The `mmpretrain::` bases' `_scope_` must not reach default_collate.
+    assert '_scope_' not in cfg.train_dataloader.collate_fn
+
+    hooks = [
+        h for h in cfg.get('custom_hooks') or []
+        if h['type'] == 'RelationMinerHook'
+    ]
+    if isinstance(model, ReKD):
+        assert len(hooks) == 1
+        hook = HOOKS.build(hooks[0])
+        assert hook.source in ('queue', 'dataset')
+        if hook.source == 'queue':
+            # The bank is clustered from the queue: it must be able to hold
+            # at least one key per prototype.
+            assert cfg.model.queue_len >= model.miner.num_prototypes
+    else:
+        assert hooks == []
+
+
+@pytest.mark.parametrize('name', [n for n in NAMES if n not in ALIASES])
+def test_name_matches_batch_size(name):
+    match = NAME_RE.match(name)
+    assert match, f'{name} does not follow mmpretrain naming'
+    num_gpus, batch = int(match.group(4)), int(match.group(5))
+    cfg = _load(name)
+    assert cfg.train_dataloader.batch_size == batch
+    if cfg.get('auto_scale_lr') is not None:
+        assert cfg.auto_scale_lr.base_batch_size == num_gpus * batch
+
+
+@pytest.mark.parametrize('name', [n for n in NAMES if n.startswith('mocov2_')])
+def test_mocov2_baseline_matches_its_rekd_run(name):
+    """The benchmark compares each baseline with the ReKD run of the same
+    student: everything but the teacher and the miner must be equal."""
+    student, rest = re.match(r'^mocov2_([a-z0-9-]+?)_(.+)$', name).groups()
+    partners = glob.glob(osp.join(CONFIG_DIR, f'rekd_{student}-t-*_{rest}'))
+    assert len(partners) == 1, f'no ReKD config matches {name}'
+    moco, rekd = _load(name), _load(osp.basename(partners[0]))
+    for key in ('backbone', 'neck', 'queue_len', 'feat_dim', 'momentum'):
+        assert _strip_scope(moco.model[key]) == _strip_scope(rekd.model[key])
+    assert moco.model.head.temperature == rekd.model.head.temperature
+    for key in ('data_preprocessor', 'train_dataloader', 'optim_wrapper',
+                'param_scheduler', 'train_cfg', 'randomness', 'auto_scale_lr'):
+        assert _strip_scope(moco.get(key)) == _strip_scope(rekd.get(key)), key
+
+
+def test_cifar10_demo_keeps_the_fashion_mnist_demo_model():
+    cifar = _load('rekd_mobilenet-v2-t-resnet18_1xb64-400i_cifar10.py')
+    fmnist = _load('rekd_mobilenet-v2-t-resnet18_1xb64-400i_fashion-mnist.py')
+    for key in ('model', 'optim_wrapper', 'train_cfg', 'custom_hooks'):
+        assert _strip_scope(cifar[key]) == _strip_scope(fmnist[key]), key
+    assert cifar.train_dataloader.batch_size == \
+        fmnist.train_dataloader.batch_size
+    # Both demos provide labelled splits for kNN evaluation.
+    for cfg in (cifar, fmnist):
+        assert cfg.knn_train_dataloader.dataset.pipeline
+        assert cfg.knn_val_dataloader.dataset.pipeline
+
+
+def test_imagenet_recipe_is_mocov2():
+    cfg = _load('rekd_mbv2_r50_200e.py')
+    assert cfg.train_dataloader.dataset.data_root == 'data/imagenet/'
+    assert cfg.train_dataloader.batch_size * 8 == 256
+    assert cfg.optim_wrapper.optimizer.lr == 0.03
+    assert cfg.optim_wrapper.optimizer.weight_decay == 1e-4
+    assert cfg.train_cfg.max_epochs == 200
+    assert cfg.param_scheduler[0].type == 'CosineAnnealingLR'
+    assert (cfg.model.queue_len, cfg.model.feat_dim) == (65536, 128)
+    assert cfg.model.momentum == 0.001
+    assert cfg.model.head.temperature == 0.2
+    assert cfg.model.teacher_head.temperature == 0.2
+    assert cfg.model.teacher_backbone.depth == 50
+    assert cfg.model.backbone.type == 'MobileNetV2'
+    assert cfg.default_hooks.checkpoint.max_keep_ckpts == 3

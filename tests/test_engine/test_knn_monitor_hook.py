@@ -1,0 +1,99 @@
+# Copyright (c) OpenMMLab. All rights reserved.
+import glob
+import json
+import os.path as osp
+
+import pytest
+from mmengine.config import Config
+from mmengine.runner import Runner
+
+import rekd_mm  # noqa: F401
+from mmpretrain.utils import get_ori_model
+from rekd_mm.evaluation import (build_knn_dataloader, extract_features,
+                                weighted_knn)
+from tests.toy_configs import FASHION_MNIST_ROOT, toy_runner_cfg
+
+
+def _knn_loader(split: str, num_samples: int) -> dict:
+    return dict(
+        batch_size=16,
+        num_workers=0,
+        sampler=dict(type='DefaultSampler', shuffle=False),
+        collate_fn=dict(type='default_collate'),
+        dataset=dict(
+            type='FashionMNIST',
+            data_root=FASHION_MNIST_ROOT,
+            split=split,
+            download=False,
+            pipeline=[
+                dict(type='GrayToRGB'),
+                dict(type='Resize', scale=16, backend='pillow'),
+                dict(type='PackInputs')
+            ]))
+
+
+def _runner(work_dir, **hook) -> Runner:
+    hook_cfg = dict(
+        type='KNNMonitorHook',
+        interval=2,
+        by_epoch=False,
+        k=5,
+        max_train_samples=48,
+        max_val_samples=24)
+    hook_cfg.update(hook)
+    cfg = toy_runner_cfg(
+        str(work_dir),
+        max_iters=4,
+        custom_hooks=[hook_cfg],
+        knn_train_dataloader=_knn_loader('train', 48),
+        knn_val_dataloader=_knn_loader('test', 24))
+    return Runner.from_cfg(Config(cfg))
+
+
+def test__hook_logs_student_and_teacher_knn_and_restores_train_mode(tmp_path):
+    runner = _runner(tmp_path)
+    runner.train()
+    hub = runner.message_hub
+    model = get_ori_model(runner.model)
+
+    # Evaluated at iterations 2 and 4, for both networks.
+    history = hub.get_scalar('knn/student_top1').data[0]
+    assert len(history) == 2
+    assert len(hub.get_scalar('knn/teacher_top1').data[0]) == 2
+    assert 'knn/student_top5' in hub.log_scalars  # Fashion-MNIST: 10 classes
+    assert model.training and model.backbone.training
+    assert model.teacher.backbone.training
+
+    # The value logged at iteration 4 is the weighted kNN of the final
+    # student, on the same subsets (the hook's subsets are seeded).
+    train = build_knn_dataloader(_knn_loader('train', 48), 48, seed=0)
+    val = build_knn_dataloader(_knn_loader('test', 24), 24, seed=0)
+    for who, backbone in (('student', model.backbone),
+                          ('teacher', model.teacher.backbone)):
+        expected = weighted_knn(
+            *extract_features(backbone, train, model.data_preprocessor),
+            *extract_features(backbone, val, model.data_preprocessor),
+            k=5,
+            num_classes=10)
+        assert hub.get_scalar(f'knn/{who}_top1').current() == \
+            pytest.approx(expected['top1'])
+    assert model.backbone.training  # the check above restored it too
+
+    # Written to the visualizer backends (scalars.json) at steps 2 and 4.
+    scalars = glob.glob(
+        osp.join(str(tmp_path), '*', 'vis_data', 'scalars.json'))
+    assert len(scalars) == 1
+    records = [json.loads(line) for line in open(scalars[0])]
+    steps = [r['step'] for r in records if 'knn/student_top1' in r]
+    assert steps == [2, 4]
+
+
+def test__hook_without_knn_dataloaders_fails_before_training(tmp_path):
+    cfg = toy_runner_cfg(
+        str(tmp_path),
+        max_iters=2,
+        custom_hooks=[dict(type='KNNMonitorHook', by_epoch=False)])
+    runner = Runner.from_cfg(Config(cfg))
+    with pytest.raises(KeyError, match='knn_train_dataloader'):
+        runner.train()
+    assert runner.iter == 0

@@ -1,0 +1,232 @@
+# Copyright (c) OpenMMLab. All rights reserved.
+import pytest
+import torch
+from mmengine.registry import init_default_scope
+
+from mmpretrain.models.heads import ContrastiveHead
+from mmpretrain.registry import MODELS
+from mmpretrain.structures import DataSample
+import rekd_mm  # noqa: F401  (registers ReKD)
+from tests.toy_configs import toy_model_cfg
+
+init_default_scope('mmpretrain')
+
+
+def _build(**kwargs):
+    torch.manual_seed(0)
+    model = MODELS.build(toy_model_cfg(**kwargs))
+    model.init_weights()
+    return model
+
+
+def _batch(num=8, size=16, labels=True, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    views = [torch.randn(num, 3, size, size, generator=gen) for _ in range(2)]
+    samples = [
+        DataSample().set_gt_label(i) if labels else DataSample()
+        for i in range(num)
+    ]
+    return views, samples
+
+
+def _spy_head(model):
+    """Record the arguments of every call of the student head."""
+    calls = []
+    original = model.head.loss
+
+    def spy(query, key, queue, pos_mask=None):
+        calls.append(dict(query=query.detach(), key=key, queue=queue,
+                          pos_mask=pos_mask))
+        return original(query, key, queue, pos_mask)
+
+    model.head.loss = spy
+    return calls
+
+
+def test__state_dict_layout():
+    model = _build()
+    keys = set(model.state_dict())
+    for prefix in ('backbone.', 'neck.', 'encoder_k.', 'teacher.backbone.',
+                   'teacher.neck.', 'teacher_encoder_k.'):
+        assert any(k.startswith(prefix) for k in keys), prefix
+    for buffer in ('queue', 'teacher_queue', 'queue_ptr', 'queue_labels',
+                   'queue_assign', 'miner.prototypes', 'miner.initialized',
+                   'miner.last_cluster_iter'):
+        assert buffer in keys, buffer
+    assert model.queue.shape == model.teacher_queue.shape == (16, 64)
+
+
+def test__tensor_mode_returns_student_backbone_features():
+    model = _build().eval()
+    views, _ = _batch(num=2)
+    feats = model(views[0], mode='tensor')
+    expected = model.backbone(views[0])
+    assert len(feats) == len(expected) == 1
+    assert feats[0].shape == (2, 1280, 1, 1)
+    assert torch.equal(feats[0], expected[0])
+
+
+def test__before_bank_init_relation_loss_is_infonce():
+    model = _build()
+    calls = _spy_head(model)
+    views, samples = _batch()
+    losses = model.loss(views, samples)
+
+    assert set(losses) >= {'loss_teacher', 'loss_relation'}
+    call = calls[0]
+    assert call['pos_mask'] is None
+    reference = ContrastiveHead(
+        loss=dict(type='CrossEntropyLoss'), temperature=0.2)
+    l_pos = (call['query'] * call['key']).sum(1, keepdim=True)
+    expected = reference.loss(l_pos, call['query'] @ call['queue'])
+    torch.testing.assert_close(
+        losses['loss_relation'].detach(), expected, rtol=0, atol=1e-6)
+    for stat in ('proto_assigned_ratio', 'relation_pos_per_anchor',
+                 'proto_in_use'):
+        assert losses[stat].item() == 0
+    assert 'relation_precision' not in losses
+
+
+def test__relation_loss_and_gradients_after_bank_init():
+    # Θ = -1 assigns everything, so anchors always share prototypes with
+    # filled queue slots.
+    model = _build(queue_len=16, num_prototypes=2, threshold=-1.0)
+    for seed in range(2):  # fill the queue
+        model.loss(*_batch(seed=seed))
+    model.miner.initialize(model.filled_teacher_keys(), distributed=False)
+    model.refresh_queue_assign()
+    assert (model.queue_assign >= 0).all()
+    calls = _spy_head(model)
+    queue_assign = model.queue_assign.clone()  # the step overwrites slots
+
+    losses = model.loss(*_batch(seed=2))
+
+    pos_mask = calls[0]['pos_mask']
+    assert pos_mask is not None and pos_mask.shape == (8, 16)
+    assert losses['relation_pos_per_anchor'].item() > 0
+    assert losses['relation_pos_per_anchor'].item() == pytest.approx(
+        pos_mask.sum(1).float().mean().item())
+    assert losses['proto_assigned_ratio'].item() == 1.0
+    # An anchor's mined positives are exactly the slots of one prototype.
+    for row in pos_mask:
+        protos = set(queue_assign[row].tolist())
+        assert len(protos) == 1
+        assert torch.equal(row, queue_assign == protos.pop())
+    assert 0 <= losses['relation_precision'].item() <= 1
+
+    sum(v for k, v in losses.items() if k.startswith('loss')).backward()
+    assert model.backbone.conv1.conv.weight.grad.abs().sum() > 0
+    assert model.teacher.backbone.conv1.weight.grad.abs().sum() > 0
+    assert all(not p.requires_grad for p in model.encoder_k.parameters())
+
+
+def test__queues_advance_together_and_stay_index_aligned():
+    model = _build()
+    calls = _spy_head(model)
+    teacher_before = model.teacher_queue.clone()
+    for step in range(2):
+        views, samples = _batch(seed=step)
+        for i, sample in enumerate(samples):
+            sample.set_gt_label(10 * step + i)
+        model.loss(views, samples)
+        slots = slice(8 * step, 8 * step + 8)
+        assert int(model.queue_ptr) == 8 * (step + 1)
+        assert int(model.queue_count) == 8 * (step + 1)
+        # Student keys were written in batch order ...
+        assert torch.equal(model.queue[:, slots], calls[step]['key'].t())
+        # ... and the teacher's keys of the same images in the same slots.
+        teacher_keys = model.teacher_embed(views[1])
+        torch.testing.assert_close(
+            model.teacher_queue[:, slots], teacher_keys.t(), rtol=0,
+            atol=1e-5)
+        assert model.queue_labels[slots].tolist() == list(
+            range(10 * step, 10 * step + 8))
+        assert (model.queue_assign[slots] == -1).all()  # bank not ready
+    assert torch.equal(model.teacher_queue[:, 16:], teacher_before[:, 16:])
+    assert (model.queue_labels[16:] == -1).all()
+
+
+def test__queue_len_must_hold_whole_batches():
+    model = _build(queue_len=12)
+    with pytest.raises(ValueError, match='model.queue_len=12'):
+        model.loss(*_batch())
+
+
+def test__neck_width_must_equal_feat_dim():
+    cfg = toy_model_cfg()
+    cfg['neck']['out_channels'] = 8
+    with pytest.raises(ValueError, match='model.neck.out_channels=8'):
+        MODELS.build(cfg)
+
+
+def _moco_state_dict():
+    """A MoCo-style checkpoint holding a trained teacher-shaped encoder."""
+    torch.manual_seed(123)
+    donor = MODELS.build(toy_model_cfg())
+    state = {
+        f'backbone.{k}': v
+        for k, v in donor.teacher.backbone.state_dict().items()
+    }
+    state.update(
+        {f'neck.{k}': v
+         for k, v in donor.teacher.neck.state_dict().items()})
+    state['queue'] = torch.randn(16, 64)
+    return state
+
+
+def test__offline_teacher_loads_and_stays_frozen(tmp_path):
+    state = _moco_state_dict()
+    path = str(tmp_path / 'moco.pth')
+    torch.save(dict(state_dict=state, meta=dict()), path)
+    model = _build(teacher_pretrained=dict(checkpoint=path, prefix=''))
+    for key, value in model.teacher.state_dict().items():
+        assert torch.equal(value, state[key]), key
+    assert model.teacher_encoder_k is None
+    assert not any(p.requires_grad for p in model.teacher.parameters())
+
+    model.train()
+    assert model.backbone.training
+    assert not any(m.training for m in model.teacher.modules())
+    frozen = {k: v.clone() for k, v in model.teacher.state_dict().items()}
+    losses = model.loss(*_batch())
+    assert 'loss_teacher' not in losses
+    for key, value in model.teacher.state_dict().items():
+        assert torch.equal(value, frozen[key]), key  # BN stats too
+
+
+def test__teacher_checkpoint_matching_nothing_raises(tmp_path):
+    path = str(tmp_path / 'other.pth')
+    torch.save({'encoder.layer.weight': torch.zeros(2)}, path)
+    with pytest.raises(KeyError) as err:
+        _build(teacher_pretrained=dict(checkpoint=path, prefix=''))
+    message = str(err.value)
+    assert 'encoder.layer.weight' in message and 'backbone.' in message
+
+
+def test__relation_precision_needs_labels():
+    model = _build(queue_len=16, num_prototypes=2, threshold=-1.0)
+    for seed in range(2):
+        model.loss(*_batch(seed=seed, labels=False))
+    model.miner.initialize(model.filled_teacher_keys(), distributed=False)
+    model.refresh_queue_assign()
+    assert (model.queue_labels == -1).all()
+
+    unlabelled = model.loss(*_batch(seed=2, labels=False))
+    assert unlabelled['relation_pos_per_anchor'] > 0
+    assert 'relation_precision' not in unlabelled
+
+    # Labelled anchors against a still unlabelled queue: nothing to count.
+    assert 'relation_precision' not in model.loss(*_batch(seed=3))
+    assert (model.queue_labels[8:] >= 0).all()
+    labelled = model.loss(*_batch(seed=4))
+    assert 0 <= labelled['relation_precision'].item() <= 1
+
+
+def test__training_step_leaves_the_global_rng_untouched():
+    # The shuffle-BN permutation comes from a step-seeded generator, so the
+    # global stream (data augmentation) is the same in a resumed run.
+    model = _build()
+    views, samples = _batch()
+    state = torch.get_rng_state()
+    model.loss(views, samples)
+    assert torch.equal(torch.get_rng_state(), state)

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Set up the environment (idempotent) and run the test suite on CPU.
+# Extra arguments go to pytest, e.g. `bash tools/run_tests.sh -k kmeans`.
+set -euo pipefail
+repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+bash "$repo_root/tools/setup_env.sh"
+cd "$repo_root"
+# One thread per process: the suite runs multi-process (gloo) tests on 2 cores.
+export OMP_NUM_THREADS=1
+exec .venv/bin/python -m pytest -q "$@" tests
