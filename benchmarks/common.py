@@ -60,6 +60,12 @@ def machine_info() -> Dict:
         platform=platform.platform(),
         load_average=list(os.getloadavg()),
         git_commit=_git_commit(),
+        # glibc allocator settings change CPU step times (page faults).
+        allocator_env={
+            k: v
+            for k, v in os.environ.items()
+            if k.startswith('MALLOC_') or k == 'LD_PRELOAD'
+        },
         date_utc=time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()),
     )
     for name in ('mmengine', 'mmpretrain'):
@@ -74,7 +80,9 @@ def machine_info() -> Dict:
 
 def command_line() -> str:
     """The command that produced a result, with the thread setting."""
-    prefix = f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '')} "
+    env = ['OMP_NUM_THREADS'] + sorted(
+        k for k in os.environ if k.startswith('MALLOC_'))
+    prefix = ''.join(f'{k}={os.environ.get(k, "")} ' for k in env)
     return prefix + ' '.join(
         shlex.quote(arg) for arg in [os.path.basename(sys.executable)] +
         sys.argv)

@@ -41,7 +41,8 @@ Examples::
     # ImageNet shapes: 224 px, queue 65536, K from the config; batch 8 on CPU
     OMP_NUM_THREADS=1 python benchmarks/train_speed.py \\
         configs/rekd_mbv2_r50_200e.py --synthetic --batch-size 8 \\
-        --iters 5 --warmup 2 --out benchmarks/results/train_speed_in1k.json
+        --iters 8 --warmup 2 --miner-batch 256 \\
+        --out benchmarks/results/train_speed_in1k-synthetic.json
 """
 import os
 
@@ -53,6 +54,8 @@ import argparse  # noqa: E402
 import copy  # noqa: E402
 import functools  # noqa: E402
 import json  # noqa: E402
+import resource  # noqa: E402
+import shutil  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
@@ -612,16 +615,28 @@ def run_timing(cfg, args: argparse.Namespace, names: List[str]) -> Dict:
                                             timer)
 
     times, phases, last = defaultdict(list), defaultdict(list), {}
+    # CPU time of this process (user, system) and minor page faults per
+    # step: wall time above CPU time means the core was shared; system time
+    # and page faults show what the allocator costs.
+    usage = defaultdict(lambda: defaultdict(list))
     for rnd in range(args.warmup + args.iters):
         shift = rnd % len(names)
         for name in names[shift:] + names[:shift]:
             _sync(device)
+            before = resource.getrusage(resource.RUSAGE_SELF)
             start = time.perf_counter()
             last[name] = steps[name]()
             _sync(device)
             if rnd < args.warmup:
                 continue
             times[name].append(time.perf_counter() - start)
+            after = resource.getrusage(resource.RUSAGE_SELF)
+            usage[name]['user_seconds'].append(after.ru_utime -
+                                               before.ru_utime)
+            usage[name]['system_seconds'].append(after.ru_stime -
+                                                 before.ru_stime)
+            usage[name]['minor_page_faults'].append(after.ru_minflt -
+                                                    before.ru_minflt)
             if name == 'rekd_breakdown':
                 for phase, seconds in timer.times.items():
                     phases[phase].append(seconds)
@@ -634,6 +649,12 @@ def run_timing(cfg, args: argparse.Namespace, names: List[str]) -> Dict:
             device=device,
             step_seconds=times[name],
             median_step_seconds=median(times[name]),
+            rusage_medians={k: median(v)
+                            for k, v in usage[name].items()},
+            cpu_seconds=[
+                u + y for u, y in zip(usage[name]['user_seconds'],
+                                      usage[name]['system_seconds'])
+            ],
             **extra.get(name, {}))
         if name.startswith('rekd'):
             out[name]['relation_pos_per_anchor'] = float(
@@ -684,8 +705,8 @@ def run_miner_only(cfg, args: argparse.Namespace) -> Dict:
     gen = torch.Generator().manual_seed(args.seed)
 
     def keys():
-        return F.normalize(
-            torch.randn(batch, model.feat_dim, generator=gen), dim=1).to(device)
+        keys = torch.randn(batch, model.feat_dim, generator=gen)
+        return F.normalize(keys, dim=1).to(device)
 
     labels = torch.randint(1000, (batch, ), generator=gen).to(device)
     phases = defaultdict(list)
@@ -848,7 +869,10 @@ def run_staleness(cfg, args: argparse.Namespace) -> Dict:
     runner = Runner.from_cfg(cfg)
     runner.register_hook(StalenessHook())
     start = time.perf_counter()
-    runner.train()
+    try:
+        runner.train()
+    finally:
+        shutil.rmtree(cfg.work_dir, ignore_errors=True)
     return dict(
         variant='staleness',
         init_iter=init_iter,
@@ -926,6 +950,15 @@ def summarise(results: Dict) -> Dict:
             q25=_quantile(per_round, 0.25),
             q75=_quantile(per_round, 0.75),
             values=per_round)
+        if all('cpu_seconds' in var[n]
+               for n in ('rekd', 'moco_student', 'moco_teacher')):
+            # Process CPU time: blind to time slices lost to other
+            # processes on a shared machine (not to cache contention).
+            summary['rekd_over_student_plus_teacher_cpu_time'] = (
+                (median(rekd['cpu_seconds']) +
+                 rekd['refresh_seconds'] / interval) /
+                (median(var['moco_student']['cpu_seconds']) +
+                 median(var['moco_teacher']['cpu_seconds'])))
         if 'rekd_exact' in var:
             summary['rekd_exact_seconds'] = var['rekd_exact'][
                 'median_step_seconds']
@@ -1054,9 +1087,13 @@ def to_markdown(results: Dict) -> str:
         if name not in var:
             continue
         mem = var[name].get('memory', {})
+        ru = var[name].get('rusage_medians', {})
         rows.append([
             name, var[name]['median_step_seconds'],
             min(var[name]['step_seconds']),
+            ru.get('user_seconds', 0) + ru.get('system_seconds', 0),
+            ru.get('system_seconds'),
+            ru.get('minor_page_faults'),
             mem.get('cuda_peak_allocated_mib', mem.get('peak_rss_mib')),
             mem.get('peak_rss_over_before_mib',
                     mem.get('cuda_peak_over_before_mib'))
@@ -1064,7 +1101,8 @@ def to_markdown(results: Dict) -> str:
     if rows:
         lines += [
             markdown_table([
-                'variant', 'step s (median)', 'step s (min)', 'peak MiB',
+                'variant', 'step s (median)', 'step s (min)',
+                'user+sys CPU s (median)', 'sys s', 'page faults', 'peak MiB',
                 'training memory over model + inputs MiB'
             ], rows), ''
         ]
@@ -1073,14 +1111,17 @@ def to_markdown(results: Dict) -> str:
         pr = summ['rekd_over_student_plus_teacher_per_round']
         lines += [
             f"ReKD (K={rekd['num_prototypes']}, L={rekd['queue_len']}, "
-            f"Θ={rekd['miner_threshold']}, {rekd['relation_pos_per_anchor']:.1f}"
-            f" mined positives per anchor) amortised over refresh interval "
+            f"Θ={rekd['miner_threshold']}, "
+            f"{rekd['relation_pos_per_anchor']:.1f} mined positives per "
+            "anchor) amortised over refresh interval "
             f"{rekd['config_refresh_interval']}: "
             f"{summ['rekd_seconds_amortised']:.4g} s = "
             f"**{summ['rekd_over_student_plus_teacher']:.3f} x** (student + "
             f"teacher MoCo v2) (target <= 1.05); median of the per-round "
             f"ratios {pr['median']:.3f} (interquartile {pr['q25']:.3f}-"
-            f"{pr['q75']:.3f}). One full queue refresh: "
+            f"{pr['q75']:.3f}); in process CPU time "
+            f"{summ.get('rekd_over_student_plus_teacher_cpu_time', 0):.3f}. "
+            'One full queue refresh: '
             f"{summ['refresh_seconds']:.4g} s; share of a ReKD step per "
             'refresh interval: ' + ', '.join(
                 f'{i}: {s * 100:.2f}%'

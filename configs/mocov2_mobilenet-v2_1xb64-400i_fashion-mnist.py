@@ -16,4 +16,4 @@ model = dict(
         type='ContrastiveHead',
         loss=dict(type='CrossEntropyLoss'),
         temperature={{_base_.model.head.temperature}}))
-custom_hooks = []
+custom_hooks = [dict(type='LossGuardHook')]

@@ -12,3 +12,8 @@ model = dict(
 # `mmpretrain::` bases add `_scope_` to every dict, which default_collate
 # would receive as a keyword argument.
 train_dataloader = dict(collate_fn=dict(type='default_collate', _delete_=True))
+
+custom_hooks = [dict(type='LossGuardHook')]
+# Crash-safe checkpoints (temp file + rename); keep the latest 3.
+default_hooks = dict(
+    checkpoint=dict(type='AtomicCheckpointHook', max_keep_ckpts=3))

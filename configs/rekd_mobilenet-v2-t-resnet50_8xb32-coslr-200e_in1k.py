@@ -20,11 +20,14 @@ train_dataloader = dict(collate_fn=dict(type='default_collate', _delete_=True))
 custom_hooks = [
     # The online teacher warms up for 10 epochs (its queue is full after 256
     # iterations), then the bank is clustered from the teacher queue.
-    dict(type='RelationMinerHook', init_epoch=10, source='queue')
+    dict(type='RelationMinerHook', init_epoch=10, source='queue'),
+    # Stop at the first NaN/inf loss term, before it can be checkpointed.
+    dict(type='LossGuardHook'),
 ]
 
-# only keeps the latest 3 checkpoints
-default_hooks = dict(checkpoint=dict(max_keep_ckpts=3))
+# Crash-safe checkpoints (temp file + rename); keep the latest 3.
+default_hooks = dict(
+    checkpoint=dict(type='AtomicCheckpointHook', max_keep_ckpts=3))
 
 # NOTE: `auto_scale_lr` is for automatically scaling LR
 # based on the actual training batch size.

@@ -39,7 +39,7 @@ view_pipeline = [
 ]
 
 train_pipeline = [
-    dict(type='LoadImageFromFile'),
+    dict(type='SafeLoadImageFromFile'),
     dict(type='MultiView', num_views=2, transforms=[view_pipeline]),
     dict(type='PackInputs')
 ]
@@ -60,7 +60,7 @@ train_dataloader = dict(
 # Labelled splits for kNN evaluation (no augmentation), used by
 # tools/knn_eval.py and the demo.
 test_pipeline = [
-    dict(type='LoadImageFromFile'),
+    dict(type='SafeLoadImageFromFile'),
     dict(type='Resize', scale=32, backend='pillow'),
     dict(type='PackInputs')
 ]

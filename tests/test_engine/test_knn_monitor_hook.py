@@ -14,7 +14,7 @@ from rekd_mm.evaluation import (build_knn_dataloader, extract_features,
 from tests.toy_configs import FASHION_MNIST_ROOT, toy_runner_cfg
 
 
-def _knn_loader(split: str, num_samples: int) -> dict:
+def _knn_loader(split: str) -> dict:
     return dict(
         batch_size=16,
         num_workers=0,
@@ -24,6 +24,7 @@ def _knn_loader(split: str, num_samples: int) -> dict:
             type='FashionMNIST',
             data_root=FASHION_MNIST_ROOT,
             split=split,
+            test_mode=split == 'test',  # mmpretrain's MNIST reads test_mode
             download=False,
             pipeline=[
                 dict(type='GrayToRGB'),
@@ -45,8 +46,8 @@ def _runner(work_dir, **hook) -> Runner:
         str(work_dir),
         max_iters=4,
         custom_hooks=[hook_cfg],
-        knn_train_dataloader=_knn_loader('train', 48),
-        knn_val_dataloader=_knn_loader('test', 24))
+        knn_train_dataloader=_knn_loader('train'),
+        knn_val_dataloader=_knn_loader('test'))
     return Runner.from_cfg(Config(cfg))
 
 
@@ -66,8 +67,8 @@ def test__hook_logs_student_and_teacher_knn_and_restores_train_mode(tmp_path):
 
     # The value logged at iteration 4 is the weighted kNN of the final
     # student, on the same subsets (the hook's subsets are seeded).
-    train = build_knn_dataloader(_knn_loader('train', 48), 48, seed=0)
-    val = build_knn_dataloader(_knn_loader('test', 24), 24, seed=0)
+    train = build_knn_dataloader(_knn_loader('train'), 48, seed=0)
+    val = build_knn_dataloader(_knn_loader('test'), 24, seed=0)
     for who, backbone in (('student', model.backbone),
                           ('teacher', model.teacher.backbone)):
         expected = weighted_knn(

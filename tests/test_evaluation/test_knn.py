@@ -158,6 +158,7 @@ def _loader_cfg(num_samples: int, batch_size: int = 4) -> dict:
             type='FashionMNIST',
             data_root=FASHION_MNIST_ROOT,
             split='test',
+            test_mode=True,  # mmpretrain's MNIST reads test_mode, not split
             download=False,
             indices=num_samples,
             pipeline=[
@@ -208,3 +209,23 @@ def test__distributed_extraction_equals_single_process():
         assert result['feats'].shape == (9, 8)
         assert torch.allclose(result['feats'], single, atol=1e-6)
         assert torch.equal(result['labels'], labels)
+
+
+def test__demo_knn_splits_are_the_train_and_test_files():
+    from mmengine.config import Config
+    from mmengine.registry import init_default_scope
+
+    from mmpretrain.registry import DATASETS
+    from tests.toy_configs import REPO_ROOT
+    init_default_scope('mmpretrain')
+    cfg = Config.fromfile(
+        f'{REPO_ROOT}/configs/_base_/fashion-mnist_mocov2-32px.py')
+    sizes = {}
+    for split in ('train', 'val'):
+        dataset_cfg = cfg[f'knn_{split}_dataloader'].dataset
+        dataset_cfg.data_root = FASHION_MNIST_ROOT
+        sizes[split] = len(DATASETS.build(dataset_cfg))
+    # mmpretrain 1.2's FashionMNIST picks the file from test_mode: with
+    # split='test' alone the "test" loader would hold the 60000 training
+    # images.
+    assert sizes == dict(train=60000, val=10000)

@@ -35,6 +35,7 @@ def _knn_loader(split: str) -> dict:
             type='FashionMNIST',
             data_root=FASHION_MNIST_ROOT,
             split=split,
+            test_mode=split == 'test',  # mmpretrain's MNIST reads test_mode
             download=False,
             pipeline=[
                 dict(type='GrayToRGB'),

@@ -78,6 +78,9 @@ val_dataloader = dict(
         type=dataset_type,
         data_root=data_root,
         split='test',
+        # mmpretrain 1.2's MNIST datasets pick the file from test_mode, not
+        # from split: without it this would be the training set.
+        test_mode=True,
         download=False,
         pipeline=test_pipeline))
 val_evaluator = dict(type='Accuracy', topk=(1, 5))

@@ -56,7 +56,9 @@ class ReKD(BaseSelfSupervisor):
             ``queue_refresh_interval`` (int): the prototype of every teacher
             queue slot is cached when the slot is written and all slots are
             re-assigned every this many iterations (1 = exact every
-            iteration). Defaults to ``dict(num_prototypes=1000)``.
+            iteration; default 10, which mis-assigns ~0.1% of the slots on
+            the demo, see docs/performance.md). Defaults to
+            ``dict(num_prototypes=1000)``.
         queue_len (int): Length L of both queues. Must be a multiple of the
             global batch size. Defaults to 65536.
         feat_dim (int): Output dimension D of both necks. Defaults to 128.
@@ -148,7 +150,7 @@ class ReKD(BaseSelfSupervisor):
 
         miner = dict(num_prototypes=1000) if miner is None else dict(miner)
         self.queue_refresh_interval = int(
-            miner.pop('queue_refresh_interval', 100))
+            miner.pop('queue_refresh_interval', 10))
         if self.queue_refresh_interval < 1:
             raise ValueError('model.miner.queue_refresh_interval must be >= '
                              f'1, got {self.queue_refresh_interval}')
