@@ -12,8 +12,9 @@ import hashlib
 import logging
 import os
 import os.path as osp
-import shutil
 
+import cv2
+import numpy as np
 import pytest
 import torch
 from mmengine.config import Config
@@ -26,9 +27,6 @@ from mmpretrain.registry import DATASETS
 from mmpretrain.utils import get_ori_model
 from rekd_mm.utils import DataPathError, check_data_roots
 from tests.toy_configs import toy_model_cfg, toy_runner_cfg
-
-CIFAR_TRAIN = '/work/shared/data/cifar10/train'
-
 
 def _digest(path):
     with open(path, 'rb') as f:
@@ -132,12 +130,15 @@ def test_missing_or_empty_data_root(tmp_path, what):
 
 @pytest.fixture
 def image_folder(tmp_path):
-    """Two class folders of real CIFAR-10 JPEGs plus one corrupt file."""
+    """Two class folders of real (random-pixel) JPEGs plus one corrupt file."""
     root = tmp_path / 'images'
     for cls in ('airplane', 'cat'):
         (root / cls).mkdir(parents=True)
-        for src in sorted(os.listdir(osp.join(CIFAR_TRAIN, cls)))[:2]:
-            shutil.copy(osp.join(CIFAR_TRAIN, cls, src), root / cls / src)
+        for i in range(2):
+            # Real, decodable JPEGs (the tests need no external data).
+            pixels = np.random.RandomState(i).randint(
+                0, 256, (32, 32, 3), dtype=np.uint8)
+            cv2.imwrite(str(root / cls / f'{i}.jpg'), pixels)
     bad = root / 'cat' / 'zz_corrupt.jpg'
     bad.write_bytes(b'\xff\xd8\xff\xe0 half a JPEG header')
     return str(root), str(bad)
