@@ -12,7 +12,7 @@ from typing import Optional
 
 __all__ = [
     'REPO_ROOT', 'FASHION_MNIST_ROOT', 'toy_model_cfg', 'toy_dataloader_cfg',
-    'toy_runner_cfg'
+    'toy_knn_loader_cfg', 'toy_runner_cfg'
 ]
 
 REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -118,6 +118,42 @@ def toy_dataloader_cfg(batch_size: int = 8,
                     transforms=[view_pipeline]),
                 dict(type='PackInputs')
             ]))
+
+
+def toy_knn_loader_cfg(split: str = 'test',
+                       num_samples: Optional[int] = None,
+                       batch_size: int = 16) -> dict:
+    """A labelled, un-augmented Fashion-MNIST dataloader at 16 px, as the
+    ``knn_train_dataloader`` / ``knn_val_dataloader`` of a config.
+
+    Args:
+        split (str): ``'train'`` or ``'test'``. Defaults to ``'test'``.
+        num_samples (int, optional): First samples of the split kept.
+            Defaults to None (all).
+        batch_size (int): Batch size. Defaults to 16.
+
+    Returns:
+        dict: The dataloader config (unshuffled, ``num_workers=0``).
+    """
+    dataset = dict(
+        type='FashionMNIST',
+        data_root=FASHION_MNIST_ROOT,
+        split=split,
+        test_mode=split == 'test',  # mmpretrain's MNIST reads test_mode
+        download=False,
+        pipeline=[
+            dict(type='GrayToRGB'),
+            dict(type='Resize', scale=16, backend='pillow'),
+            dict(type='PackInputs')
+        ])
+    if num_samples is not None:
+        dataset['indices'] = num_samples
+    return dict(
+        batch_size=batch_size,
+        num_workers=0,
+        sampler=dict(type='DefaultSampler', shuffle=False),
+        collate_fn=dict(type='default_collate'),
+        dataset=dataset)
 
 
 def toy_runner_cfg(work_dir: str,

@@ -13,7 +13,7 @@ from mmengine.dist import is_main_process
 from mmengine.registry import init_default_scope
 
 from mmpretrain.registry import MODELS
-from .checkpoint_utils import load_prefixed_weights
+from rekd_mm.utils.checkpoint import load_prefixed_weights
 from .knn import build_data_preprocessor, build_knn_dataloader, evaluate_knn
 
 __all__ = ['run_knn_eval', 'format_knn_table', 'backbone_cfg_for_prefix']

@@ -29,8 +29,8 @@ from mmengine.registry import init_default_scope
 from mmengine.utils import ProgressBar
 
 from mmpretrain.registry import MODELS
-from rekd_mm.utils.checkpoint import load_state_dict_file
-from .checkpoint_utils import PretrainedMismatchError
+from rekd_mm.utils.checkpoint import (PretrainedMismatchError,
+                                      load_state_dict_file)
 from .knn import build_knn_dataloader
 
 __all__ = [

@@ -25,18 +25,29 @@ param scheduler, message hub, meta) with
   crafted file fetch any attribute of any allow-listed object, so
   ``builtins.getattr`` is bound to :func:`_history_buffer_getattr`, which
   resolves only those four statistic methods and refuses everything else.
+
+It also holds the one path that loads the ``prefix``-ed part of a
+checkpoint into a module (the offline teacher, the kNN / linear-probe
+backbones, :class:`StrictPretrainedCheckHook`). A ReKD checkpoint holds the
+student under ``backbone.`` and the teacher under ``teacher.backbone.``;
+loading the wrong prefix must fail loudly, because mmengine's non-strict
+load only warns and leaves a random backbone whose accuracy looks merely
+"low" (mmselfsup#330).
 """
+import os.path as osp
 import pickle
-from typing import Any, Iterable, Optional
+from typing import Any, Dict, List, NamedTuple
 
 import numpy as np
 import torch
 import torch.nn as nn
 from mmengine.logging import HistoryBuffer, MMLogger
+from mmengine.runner.checkpoint import CheckpointLoader
 
 __all__ = [
     'mmengine_checkpoint_globals', 'register_checkpoint_safe_globals',
-    'load_state_dict_file', 'load_weights_safely'
+    'load_state_dict_file', 'PretrainedMismatchError', 'PrefixMatch',
+    'match_prefixed_state', 'describe_mismatch', 'load_prefixed_weights'
 ]
 
 # The statistic methods that HistoryBuffer registers for itself.
@@ -116,28 +127,40 @@ def _refusal_reason(err: Exception) -> str:
     return ' '.join(parts) or type(err).__name__
 
 
+# BN's step counter carries no weights; files converted from other
+# frameworks often lack it, which must not count as a missing weight.
+_IGNORED_SUFFIXES = ('num_batches_tracked', )
+
+
 def load_state_dict_file(path: str) -> dict:
     """Read a state dict from a plain state dict or an mmengine checkpoint,
     always with ``weights_only=True`` so a malicious pickle cannot run code.
 
+    Local files are read here; URLs and ``torchvision://``-style names go
+    through mmengine's ``CheckpointLoader``, whose ``torch.load`` defaults
+    to ``weights_only=True`` in torch>=2.6.
+
     Args:
-        path (str): The file.
+        path (str): The file, or a URL / ``scheme://`` name.
 
     Returns:
         dict: The ``state_dict`` (the file itself when it is a plain one).
     """
-    try:
-        ckpt = torch.load(path, map_location='cpu', weights_only=True)
-    except FileNotFoundError:
-        raise FileNotFoundError(
-            f'checkpoint file {path!r} does not exist') from None
-    except Exception as err:  # pickle refusals come in several types
-        reason = _refusal_reason(err)
-        raise RuntimeError(
-            f'could not load {path!r} with weights_only=True ({reason}). '
-            'Only tensors and mmengine checkpoint metadata are accepted: '
-            'if you trust the file, convert it to a plain state_dict of '
-            'tensors.') from err
+    if osp.isfile(path) or '://' not in path:
+        try:
+            ckpt = torch.load(path, map_location='cpu', weights_only=True)
+        except FileNotFoundError:
+            raise FileNotFoundError(
+                f'checkpoint file {path!r} does not exist') from None
+        except Exception as err:  # pickle refusals come in several types
+            reason = _refusal_reason(err)
+            raise RuntimeError(
+                f'could not load {path!r} with weights_only=True ({reason}). '
+                'Only tensors and mmengine checkpoint metadata are accepted: '
+                'if you trust the file, convert it to a plain state_dict of '
+                'tensors.') from err
+    else:
+        ckpt = CheckpointLoader.load_checkpoint(path, map_location='cpu')
     if isinstance(ckpt, dict) and isinstance(ckpt.get('state_dict'), dict):
         ckpt = ckpt['state_dict']
     if not isinstance(ckpt, dict):
@@ -146,44 +169,139 @@ def load_state_dict_file(path: str) -> dict:
     return ckpt
 
 
-def load_weights_safely(module: nn.Module,
-                        path: str,
-                        prefix: str = '',
-                        submodules: Optional[Iterable[str]] = None,
-                        what: str = 'model') -> None:
-    """Load ``prefix``-ed weights of a checkpoint into ``module``.
+class PretrainedMismatchError(KeyError):
+    """A checkpoint's keys do not fit the module to load (a ``KeyError``
+    whose message keeps its line breaks)."""
 
-    A file whose keys match none of ``module``'s is an error that lists a
-    few expected and found keys, instead of a silently random network.
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ''
+
+
+class PrefixMatch(NamedTuple):
+    """How a checkpoint's ``prefix``-ed keys match a module's state dict.
+
+    Attributes:
+        state (dict): The matched ``{module_key: tensor}``.
+        missing (list): Module keys absent from the file.
+        mismatched (list): ``(key, file_shape, module_shape)`` triples.
+        found (list): A few keys of the file, for messages.
+        heads (list): The distinct first components of the file's keys.
+    """
+    state: Dict[str, torch.Tensor]
+    missing: List[str]
+    mismatched: List[tuple]
+    found: List[str]
+    heads: List[str]
+
+
+def match_prefixed_state(module: nn.Module, state: dict,
+                         prefix: str) -> PrefixMatch:
+    """Match ``prefix``-ed keys of ``state`` to ``module``'s state dict.
 
     Args:
-        module (nn.Module): The target, e.g. the teacher ``ModuleDict``.
-        path (str): Checkpoint path.
-        prefix (str): Key prefix in the file before the module's own keys.
-            Defaults to ''.
-        submodules (Iterable[str], optional): Only keys under these
-            submodule names are loaded. Defaults to None (all).
-        what (str): Name used in messages. Defaults to 'model'.
+        module (nn.Module): The target module.
+        state (dict): A full state dict, e.g. a ReKD checkpoint's.
+        prefix (str): The part of the file's keys before the module's own
+            keys, e.g. ``'backbone.'`` or ``'teacher.backbone.'``.
+
+    Returns:
+        PrefixMatch: The matched, missing and shape-mismatched keys.
     """
-    state = load_state_dict_file(path)
-    own_keys = module.state_dict().keys()
-    wanted = tuple(f'{name}.' for name in submodules) if submodules else ('', )
-    picked = {
-        k[len(prefix):]: v
-        for k, v in state.items() if k.startswith(prefix)
-        and k[len(prefix):].startswith(wanted) and k[len(prefix):] in own_keys
-    }
-    if not picked:
-        expected = [prefix + k for k in list(own_keys)[:3]]
-        found = list(state.keys())[:5]
-        raise KeyError(
-            f'{what} checkpoint {path!r} matches none of the {what} keys '
-            f'with prefix {prefix!r}. Expected keys like {expected}; the file '
-            f'has keys like {found}. Set the prefix to the part before '
-            "'backbone.' in the file.")
-    missing = [k for k in own_keys if k.startswith(wanted) and k not in picked]
-    module.load_state_dict(picked, strict=False)
-    if missing:
+    own = module.state_dict()
+    matched, mismatched = {}, []
+    for key, value in state.items():
+        if not key.startswith(prefix):
+            continue
+        name = key[len(prefix):]
+        if name not in own:
+            continue
+        if tuple(value.shape) != tuple(own[name].shape):
+            mismatched.append(
+                (name, tuple(value.shape), tuple(own[name].shape)))
+        else:
+            matched[name] = value
+    mismatched_keys = {m[0] for m in mismatched}
+    missing = [
+        k for k in own if k not in matched
+        and not k.endswith(_IGNORED_SUFFIXES) and k not in mismatched_keys
+    ]
+    # Keys the prefix selected come first: they show what the file holds
+    # where the module was expected.
+    found = [k for k in state if k.startswith(prefix)][:4]
+    found += [k for k in state if k not in found][:6 - len(found)]
+    heads = sorted(
+        {k.split('.')[0] + ('.' if '.' in k else '')
+         for k in state})
+    return PrefixMatch(matched, missing, mismatched, found, heads)
+
+
+def describe_mismatch(module: nn.Module, match: PrefixMatch, prefix: str,
+                      checkpoint: str, what: str) -> str:
+    """A message listing a few expected and found keys.
+
+    Args:
+        module (nn.Module): The target module.
+        match (PrefixMatch): The result of :func:`match_prefixed_state`.
+        prefix (str): The prefix that was tried.
+        checkpoint (str): The checkpoint, for the message.
+        what (str): What the module is, e.g. ``'teacher'``.
+
+    Returns:
+        str: A multi-line message.
+    """
+    expected = [prefix + k for k in list(module.state_dict())[:4]]
+    lines = [
+        f'{what}: checkpoint {checkpoint!r} matches '
+        f'{len(match.state)} of {len(module.state_dict())} keys with prefix '
+        f'{prefix!r}.', f'  expected keys like {expected}',
+        f'  the file has keys like {match.found}',
+        f'  and key heads {match.heads[:12]}'
+    ]
+    if match.mismatched:
+        lines.append(f'  shape mismatches (key, file, model): '
+                     f'{match.mismatched[:3]}')
+    if match.missing:
+        lines.append(f'  missing, e.g. {match.missing[:4]}')
+    lines.append("  Set the prefix to the part of the file's keys before the "
+                 "module's own keys (a ReKD checkpoint: 'backbone.' for the "
+                 "student backbone, 'teacher.backbone.' for the teacher "
+                 "backbone, 'teacher.' for the whole teacher) or fix the "
+                 'config so that the module is the pretrained architecture.')
+    return '\n'.join(lines)
+
+
+def load_prefixed_weights(module: nn.Module,
+                          checkpoint: str,
+                          prefix: str = 'backbone.',
+                          strict: bool = True,
+                          what: str = 'backbone') -> PrefixMatch:
+    """Load ``prefix``-ed weights of a checkpoint into ``module``.
+
+    A file that matches no key of ``module``, or holds a key with another
+    shape, is always a :class:`PretrainedMismatchError` listing a few
+    expected and found keys, never a silently (partly) random network.
+
+    Args:
+        module (nn.Module): The target, e.g. a freshly built backbone or the
+            teacher ``ModuleDict``.
+        checkpoint (str): Path (or URL) of a checkpoint or plain state dict,
+            read with ``weights_only=True``.
+        prefix (str): Key prefix in the file before the module's own keys.
+            Defaults to ``'backbone.'``.
+        strict (bool): Whether a missing key is an error too; otherwise it
+            is a warning. Defaults to True.
+        what (str): Name used in messages. Defaults to ``'backbone'``.
+
+    Returns:
+        PrefixMatch: What was loaded.
+    """
+    match = match_prefixed_state(module, load_state_dict_file(checkpoint),
+                                 prefix)
+    if not match.state or match.mismatched or (strict and match.missing):
+        raise PretrainedMismatchError(
+            describe_mismatch(module, match, prefix, checkpoint, what))
+    if match.missing:
         MMLogger.get_current_instance().warning(
-            f'{what} checkpoint {path!r}: {len(missing)} keys missing, e.g. '
-            f'{missing[:5]}')
+            describe_mismatch(module, match, prefix, checkpoint, what))
+    module.load_state_dict(match.state, strict=False)
+    return match

@@ -11,26 +11,7 @@ import rekd_mm  # noqa: F401
 from mmpretrain.utils import get_ori_model
 from rekd_mm.evaluation import (build_knn_dataloader, extract_features,
                                 weighted_knn)
-from tests.toy_configs import FASHION_MNIST_ROOT, toy_runner_cfg
-
-
-def _knn_loader(split: str) -> dict:
-    return dict(
-        batch_size=16,
-        num_workers=0,
-        sampler=dict(type='DefaultSampler', shuffle=False),
-        collate_fn=dict(type='default_collate'),
-        dataset=dict(
-            type='FashionMNIST',
-            data_root=FASHION_MNIST_ROOT,
-            split=split,
-            test_mode=split == 'test',  # mmpretrain's MNIST reads test_mode
-            download=False,
-            pipeline=[
-                dict(type='GrayToRGB'),
-                dict(type='Resize', scale=16, backend='pillow'),
-                dict(type='PackInputs')
-            ]))
+from tests.toy_configs import toy_knn_loader_cfg, toy_runner_cfg
 
 
 def _runner(work_dir, **hook) -> Runner:
@@ -46,8 +27,8 @@ def _runner(work_dir, **hook) -> Runner:
         str(work_dir),
         max_iters=4,
         custom_hooks=[hook_cfg],
-        knn_train_dataloader=_knn_loader('train'),
-        knn_val_dataloader=_knn_loader('test'))
+        knn_train_dataloader=toy_knn_loader_cfg('train'),
+        knn_val_dataloader=toy_knn_loader_cfg('test'))
     return Runner.from_cfg(Config(cfg))
 
 
@@ -67,8 +48,8 @@ def test__hook_logs_student_and_teacher_knn_and_restores_train_mode(tmp_path):
 
     # The value logged at iteration 4 is the weighted kNN of the final
     # student, on the same subsets (the hook's subsets are seeded).
-    train = build_knn_dataloader(_knn_loader('train'), 48, seed=0)
-    val = build_knn_dataloader(_knn_loader('test'), 24, seed=0)
+    train = build_knn_dataloader(toy_knn_loader_cfg('train'), 48, seed=0)
+    val = build_knn_dataloader(toy_knn_loader_cfg('test'), 24, seed=0)
     for who, backbone in (('student', model.backbone),
                           ('teacher', model.teacher.backbone)):
         expected = weighted_knn(

@@ -11,7 +11,7 @@ import rekd_mm  # noqa: F401
 from rekd_mm.evaluation import (build_knn_dataloader, extract_features,
                                 weighted_knn)
 from tests.dist_utils import run_distributed
-from tests.toy_configs import FASHION_MNIST_ROOT
+from tests.toy_configs import FASHION_MNIST_ROOT, toy_knn_loader_cfg
 
 PREPROCESSOR = dict(
     type='SelfSupDataPreprocessor',
@@ -148,26 +148,6 @@ def test__unlabelled_samples_are_rejected():
             k=2)
 
 
-def _loader_cfg(num_samples: int, batch_size: int = 4) -> dict:
-    return dict(
-        batch_size=batch_size,
-        num_workers=0,
-        sampler=dict(type='DefaultSampler', shuffle=False),
-        collate_fn=dict(type='default_collate'),
-        dataset=dict(
-            type='FashionMNIST',
-            data_root=FASHION_MNIST_ROOT,
-            split='test',
-            test_mode=True,  # mmpretrain's MNIST reads test_mode, not split
-            download=False,
-            indices=num_samples,
-            pipeline=[
-                dict(type='GrayToRGB'),
-                dict(type='Resize', scale=16, backend='pillow'),
-                dict(type='PackInputs')
-            ]))
-
-
 def _toy_backbone() -> nn.Module:
     torch.manual_seed(0)
     return nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU())
@@ -176,7 +156,8 @@ def _toy_backbone() -> nn.Module:
 def _extract(num_samples: int):
     from mmengine.registry import init_default_scope
     init_default_scope('mmpretrain')
-    loader = build_knn_dataloader(_loader_cfg(num_samples))
+    loader = build_knn_dataloader(
+        toy_knn_loader_cfg('test', num_samples, batch_size=4))
     feats, labels = extract_features(_toy_backbone(), loader, PREPROCESSOR)
     return feats, labels, loader.dataset
 

@@ -16,7 +16,7 @@ from mmengine.runner import Runner
 import rekd_mm  # noqa: F401
 from mmpretrain.registry import MODELS
 from mmpretrain.utils import get_ori_model
-from rekd_mm.evaluation import PretrainedMismatchError
+from rekd_mm.utils import PretrainedMismatchError
 from tests.toy_configs import FASHION_MNIST_ROOT, REPO_ROOT
 
 PROBE_DIR = osp.join(REPO_ROOT, 'configs', 'benchmarks', 'linear_probe')

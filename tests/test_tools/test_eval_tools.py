@@ -17,31 +17,12 @@ from mmengine.registry import init_default_scope
 
 import rekd_mm  # noqa: F401
 from mmpretrain.registry import MODELS
-from rekd_mm.evaluation import (PretrainedMismatchError, build_knn_dataloader,
-                                load_prefixed_weights,
-                                pairwise_relation_scores, run_knn_eval)
-from tests.toy_configs import FASHION_MNIST_ROOT, REPO_ROOT, toy_model_cfg
+from rekd_mm.evaluation import (build_knn_dataloader, pairwise_relation_scores,
+                                run_knn_eval)
+from rekd_mm.utils import PretrainedMismatchError, load_prefixed_weights
+from tests.toy_configs import REPO_ROOT, toy_knn_loader_cfg, toy_model_cfg
 
 NUM_PROTOTYPES = 6
-
-
-def _knn_loader(split: str) -> dict:
-    return dict(
-        batch_size=16,
-        num_workers=0,
-        sampler=dict(type='DefaultSampler', shuffle=False),
-        collate_fn=dict(type='default_collate'),
-        dataset=dict(
-            type='FashionMNIST',
-            data_root=FASHION_MNIST_ROOT,
-            split=split,
-            test_mode=split == 'test',  # mmpretrain's MNIST reads test_mode
-            download=False,
-            pipeline=[
-                dict(type='GrayToRGB'),
-                dict(type='Resize', scale=16, backend='pillow'),
-                dict(type='PackInputs')
-            ]))
 
 
 @pytest.fixture(scope='module')
@@ -55,14 +36,14 @@ def toy(tmp_path_factory):
             default_scope='mmpretrain',
             custom_imports=dict(imports=['rekd_mm']),
             model=model_cfg,
-            knn_train_dataloader=_knn_loader('train'),
-            knn_val_dataloader=_knn_loader('test')))
+            knn_train_dataloader=toy_knn_loader_cfg('train'),
+            knn_val_dataloader=toy_knn_loader_cfg('test')))
     cfg_path = str(root / 'toy_rekd.py')
     cfg.dump(cfg_path)
 
     torch.manual_seed(0)
     model = MODELS.build(model_cfg).eval()
-    loader = build_knn_dataloader(_knn_loader('train'), 64, seed=1)
+    loader = build_knn_dataloader(toy_knn_loader_cfg('train'), 64, seed=1)
     embeddings = torch.cat([
         model.teacher_embed(model.data_preprocessor(data, False)['inputs'])
         for data in loader
@@ -188,7 +169,7 @@ def test__relation_diagnostics_cli_writes_figures_and_scores(toy):
     # seeded subset.
     model = toy['model']
     assign, labels = [], []
-    for data in build_knn_dataloader(_knn_loader('test'), 48, seed=0):
+    for data in build_knn_dataloader(toy_knn_loader_cfg('test'), 48, seed=0):
         data = model.data_preprocessor(data, False)
         assign.append(
             model.miner.assign(model.teacher_embed(data['inputs']))[0])

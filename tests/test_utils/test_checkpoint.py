@@ -17,7 +17,8 @@ from mmengine.runner import Runner
 
 import rekd_mm  # noqa: F401  (registers the checkpoint safe globals)
 from mmpretrain.registry import MODELS
-from rekd_mm.utils import load_state_dict_file
+from rekd_mm.utils import (PretrainedMismatchError, load_prefixed_weights,
+                           load_state_dict_file)
 from rekd_mm.utils.checkpoint import mmengine_checkpoint_globals
 from tests.toy_configs import toy_model_cfg, toy_runner_cfg
 
@@ -211,3 +212,28 @@ def test_plain_and_mmpretrain_style_checkpoints_load(tmp_path):
         loaded = model.state_dict()
         for key, value in teacher_state.items():
             torch.testing.assert_close(loaded[key], value)
+
+
+def test_prefixed_load_warns_on_missing_and_refuses_a_misshaped_key(tmp_path):
+    # One loader for every prefixed load (teacher, kNN, linear probe):
+    # non-strict tolerates missing keys, never a key of another shape.
+    source = MODELS.build(toy_model_cfg()).teacher
+    state = {f'teacher.{k}': v for k, v in source.state_dict().items()}
+    no_neck = str(tmp_path / 'no_neck.pth')
+    torch.save({k: v for k, v in state.items() if '.neck.' not in k}, no_neck)
+    target = MODELS.build(toy_model_cfg()).teacher
+    with pytest.raises(PretrainedMismatchError, match='missing, e.g.'):
+        load_prefixed_weights(target, no_neck, 'teacher.', strict=True)
+    match = load_prefixed_weights(target, no_neck, 'teacher.', strict=False)
+    assert match.missing and all(k.startswith('neck.') for k in match.missing)
+    for key, value in target.backbone.state_dict().items():
+        assert torch.equal(value, source.backbone.state_dict()[key]), key
+
+    key = 'teacher.backbone.conv1.weight'
+    misshaped = str(tmp_path / 'misshaped.pth')
+    torch.save(dict(state, **{key: state[key][:, :1]}), misshaped)
+    with pytest.raises(KeyError) as err:
+        load_prefixed_weights(target, misshaped, 'teacher.', strict=False)
+    assert isinstance(err.value, PretrainedMismatchError)
+    assert 'backbone.conv1.weight' in str(err.value)
+    assert 'shape mismatches' in str(err.value)

@@ -2,9 +2,10 @@
 from .atomic_checkpoint_hook import AtomicCheckpointHook
 from .knn_monitor_hook import KNNMonitorHook
 from .loss_guard_hook import LossGuardHook
+from .pretrained_check_hook import StrictPretrainedCheckHook
 from .relation_miner_hook import RelationMinerHook
 
 __all__ = [
     'AtomicCheckpointHook', 'KNNMonitorHook', 'LossGuardHook',
-    'RelationMinerHook'
+    'RelationMinerHook', 'StrictPretrainedCheckHook'
 ]

@@ -12,7 +12,7 @@ from mmpretrain.models.selfsup.base import BaseSelfSupervisor
 from mmpretrain.models.utils import batch_shuffle_ddp, batch_unshuffle_ddp
 from mmpretrain.registry import MODELS
 from mmpretrain.structures import DataSample
-from rekd_mm.utils.checkpoint import load_weights_safely
+from rekd_mm.utils.checkpoint import load_prefixed_weights
 from ..utils.prototype_bank import PrototypeBank, count_used
 
 
@@ -193,12 +193,10 @@ class ReKD(BaseSelfSupervisor):
             prefix (str): Prefix before ``backbone.``/``neck.`` in the file.
                 Defaults to ''.
         """
-        load_weights_safely(
-            self.teacher,
-            checkpoint,
-            prefix=prefix,
-            submodules=('backbone', 'neck'),
-            what='teacher')
+        # Missing keys only warn (e.g. a file with the backbone but no
+        # neck); a file that matches nothing or a mis-shaped key is an error.
+        load_prefixed_weights(
+            self.teacher, checkpoint, prefix, strict=False, what='teacher')
         if self.teacher_encoder_k is not None:
             # Restart the teacher EMA from the loaded weights.
             self.teacher_encoder_k.steps.zero_()

@@ -9,8 +9,9 @@ from mmengine.runner import Runner
 
 from mmpretrain.registry import HOOKS
 from mmpretrain.utils import get_ori_model
-from .checkpoint_utils import (PretrainedMismatchError, describe_mismatch,
-                               match_prefixed_state, read_state_dict)
+from rekd_mm.utils.checkpoint import (PretrainedMismatchError,
+                                      describe_mismatch, load_state_dict_file,
+                                      match_prefixed_state)
 
 __all__ = ['StrictPretrainedCheckHook']
 
@@ -91,7 +92,8 @@ class StrictPretrainedCheckHook(Hook):
             # mmengine's PretrainedInit appends '.' to a given prefix.
             if prefix and not prefix.endswith('.'):
                 prefix += '.'
-            match = match_prefixed_state(module, read_state_dict(checkpoint),
+            match = match_prefixed_state(module,
+                                         load_state_dict_file(checkpoint),
                                          prefix)
             incomplete = bool(match.missing or match.mismatched)
             message = describe_mismatch(module, match, prefix, checkpoint,
