@@ -1,0 +1,870 @@
+# Copyright (c) OpenMMLab. All rights reserved.
+"""What ReKD buys over MoCo v2: the same MobileNetV2 student, pretrained both
+ways, scored by kNN (and optionally a linear probe).
+
+For every data set (Fashion-MNIST, CIFAR-10) and every variant, the student
+is pretrained by mmengine's ``Runner`` in a fresh subprocess
+(``tools/train.py --work-dir ... --cfg-options train_cfg.max_iters=N ...``)
+from the paired demo configs, which share the student, queue, momentum,
+temperature, data, augmentations, batch and schedule. Then:
+
+- the student's (and, for ReKD, the teacher's) weighted-kNN top-1
+  (:func:`rekd_mm.evaluation.run_knn_eval`, k = 200 and 20, T = 0.07);
+- optionally (``--probe-epochs E``) the linear-probe top-1 of the student
+  (``configs/benchmarks/linear_probe/...`` through ``tools/train.py``; the
+  last validation accuracy logged in the probe's ``vis_data/scalars.json``);
+- for ReKD, the relation statistics logged during training
+  (``relation_precision``: share of mined positive pairs whose true classes
+  agree; ``proto_in_use``; ``relation_pos_per_anchor``), read per logged
+  iteration from the run's ``vis_data/scalars.json``;
+- the wall time of every run.
+
+Variants (``--variants``):
+
+- ``mocov2``: mmpretrain's MoCo v2 on the student (the baseline);
+- ``rekd``: the ReKD demo config (online ResNet-18 teacher);
+- ``rekd_no_relation``: ReKD whose prototype bank is never clustered: the
+  student's relation head then has no mined positive, i.e. plain InfoNCE
+  (MoCo v2) with the online teacher trained alongside. This isolates the
+  relation term; ``model.loss_weights.relation=0`` would not (it scales the
+  student's only loss, so the student would not train at all);
+- ``rekd_offline``: the teacher is loaded from ``--offline-teacher`` (e.g. a
+  MoCo v2 checkpoint of the teacher architecture, ``prefix=''``) and frozen;
+- modifiers, combinable after ``rekd``: ``_k{K}`` (number of prototypes K),
+  ``_theta{Θ}`` (assignment threshold Θ), ``_no_relation``, ``_offline``,
+  e.g. ``rekd_k50``, ``rekd_theta0.7``, ``rekd_k50_theta0.3``.
+
+Results: a JSON file (``--out``, with the exact command line, machine,
+git commit and every run's overrides), a Markdown table next to it
+(``.md``) and a plot of the relation statistics over iterations (``.png``).
+The JSON is rewritten after every run, so a long benchmark that stops keeps
+what it finished.
+
+Examples::
+
+    # the full benchmark (a few hours on 2 cores)
+    python benchmarks/quality.py --datasets fashion-mnist cifar10 \\
+        --iters 2000 --variants mocov2 rekd rekd_no_relation \\
+        --probe-epochs 10 --threads 2 \\
+        --out benchmarks/results/quality.json
+    # a quick look (about 10 minutes on one core)
+    python benchmarks/quality.py --datasets fashion-mnist --iters 400 \\
+        --knn-max-train 10000 --threads 1
+"""
+import argparse
+import glob
+import json
+import math
+import os
+import os.path as osp
+import re
+import shlex
+import subprocess
+import sys
+import time
+from typing import Dict, List, Optional, Sequence
+
+sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
+from common import command_line, machine_info, markdown_table  # noqa: E402
+
+__all__ = [
+    'DATASETS', 'RELATION_KEYS', 'parse_variant', 'variant_cfg_options',
+    'read_scalars', 'relation_series', 'probe_accuracy', 'build_markdown',
+    'plot_relation', 'main'
+]
+
+REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+TRAIN_SCRIPT = osp.join(REPO_ROOT, 'tools', 'train.py')
+
+# The paired demo configs (same student, data, augmentations, batch and
+# schedule) and the student's linear-probe config, per data set.
+DATASETS = {
+    'fashion-mnist':
+    dict(
+        mocov2='configs/mocov2_mobilenet-v2_1xb64-400i_fashion-mnist.py',
+        rekd='configs/'
+        'rekd_mobilenet-v2-t-resnet18_1xb64-400i_fashion-mnist.py',
+        probe='configs/benchmarks/linear_probe/'
+        'mobilenet-v2_1xb256-linear-coslr-10e_fashion-mnist.py',
+        data_root='data/fashion_mnist'),
+    'cifar10':
+    dict(
+        mocov2='configs/mocov2_mobilenet-v2_1xb64-400i_cifar10.py',
+        rekd='configs/rekd_mobilenet-v2-t-resnet18_1xb64-400i_cifar10.py',
+        probe='configs/benchmarks/linear_probe/'
+        'mobilenet-v2_1xb256-linear-coslr-10e_cifar10-32px.py',
+        data_root='../shared/data/cifar10'),
+}
+
+# Statistics that ReKD logs every iteration (see ReKD._relation_stats).
+RELATION_KEYS = ('relation_precision', 'proto_in_use',
+                 'relation_pos_per_anchor', 'proto_assigned_ratio')
+
+_MODIFIER = re.compile(
+    r'_(?:k(?P<k>\d+)|theta(?P<theta>-?\d+(?:\.\d+)?|-?\.\d+)'
+    r'|(?P<flag>no_relation|offline))')
+
+
+def parse_variant(name: str) -> dict:
+    """Parse a variant name into what it changes.
+
+    Args:
+        name (str): ``'mocov2'`` or ``'rekd'`` followed by any of the
+            modifiers ``_k{K}``, ``_theta{Θ}``, ``_no_relation``,
+            ``_offline`` (each at most once).
+
+    Returns:
+        dict: ``name``, ``algorithm`` (``'mocov2'`` or ``'rekd'``),
+        ``num_prototypes`` (int or None), ``threshold`` (float or None),
+        ``no_relation`` and ``offline`` (bool).
+    """
+    spec = dict(
+        name=name,
+        algorithm=None,
+        num_prototypes=None,
+        threshold=None,
+        no_relation=False,
+        offline=False)
+    grammar = ("'mocov2', or 'rekd' followed by any of _k{K}, _theta{Θ}, "
+               "_no_relation, _offline (e.g. 'rekd_k50_theta0.7')")
+    if name == 'mocov2':
+        spec['algorithm'] = 'mocov2'
+        return spec
+    if not name.startswith('rekd'):
+        raise ValueError(f'unknown variant {name!r}: expected {grammar}')
+    spec['algorithm'] = 'rekd'
+    rest, seen = name[len('rekd'):], set()
+    while rest:
+        match = _MODIFIER.match(rest)
+        if match is None:
+            raise ValueError(f'unknown variant {name!r}: cannot parse '
+                             f'{rest!r}; expected {grammar}')
+        key = match.lastgroup
+        token = match.group(key)
+        what = token if key == 'flag' else key
+        if what in seen:
+            raise ValueError(f'variant {name!r} sets {what} twice')
+        seen.add(what)
+        if key == 'k':
+            spec['num_prototypes'] = int(token)
+            if spec['num_prototypes'] < 1:
+                raise ValueError(f'variant {name!r}: K must be >= 1')
+        elif key == 'theta':
+            spec['threshold'] = float(token)
+            if not -1.0 <= spec['threshold'] <= 1.0:
+                raise ValueError(f'variant {name!r}: Θ must lie in [-1, 1] '
+                                 '(a cosine similarity)')
+        else:
+            spec[token] = True
+        rest = rest[match.end():]
+    return spec
+
+
+def variant_cfg_options(spec: dict,
+                        iters: int,
+                        miner_hook_index: Optional[int] = None,
+                        miner_init_iter: Optional[int] = None,
+                        offline_teacher: Optional[str] = None,
+                        offline_prefix: str = '') -> List[str]:
+    """The ``--cfg-options`` that turn the paired config into a variant.
+
+    Args:
+        spec (dict): A :func:`parse_variant` result.
+        iters (int): ``train_cfg.max_iters`` of the run.
+        miner_hook_index (int, optional): Index of ``RelationMinerHook`` in
+            the ReKD config's ``custom_hooks``. Required for
+            ``_no_relation`` and ``miner_init_iter``. Defaults to None.
+        miner_init_iter (int, optional): Iteration at which the bank is
+            clustered (``init_iter`` of the hook). Defaults to None (the
+            config's).
+        offline_teacher (str, optional): Teacher checkpoint of
+            ``_offline``. Defaults to None.
+        offline_prefix (str): Prefix before ``backbone.``/``neck.`` in that
+            checkpoint (``''`` for MoCo). Defaults to ''.
+
+    Returns:
+        list[str]: ``key=value`` strings (mmengine ``DictAction`` syntax).
+    """
+    options = []
+    if spec['algorithm'] != 'rekd':
+        return options
+    if miner_init_iter is not None or spec['no_relation']:
+        if miner_hook_index is None:
+            raise ValueError(f"variant {spec['name']!r}: the ReKD config has "
+                             'no RelationMinerHook in custom_hooks')
+        # Never clustered: no mined positive, the student's loss is InfoNCE.
+        init_iter = iters + 1 if spec['no_relation'] else miner_init_iter
+        options.append(
+            f'custom_hooks.{miner_hook_index}.init_iter={init_iter}')
+    if spec['num_prototypes'] is not None:
+        options.append(f"model.miner.num_prototypes={spec['num_prototypes']}")
+    if spec['threshold'] is not None:
+        options.append(f"model.miner.threshold={spec['threshold']}")
+    if spec['offline']:
+        if not offline_teacher:
+            raise ValueError(f"variant {spec['name']!r} needs "
+                             '--offline-teacher CKPT (or DATASET=CKPT)')
+        options += [
+            f'model.teacher_pretrained.checkpoint={offline_teacher}',
+            f'model.teacher_pretrained.prefix={offline_prefix}'
+        ]
+    return options
+
+
+# --------------------------------------------------------------------------
+# Reading what a run logged
+# --------------------------------------------------------------------------
+def _latest_log_dir(work_dir: str, before: Sequence[str] = ()) -> str:
+    """The timestamped log directory that the Runner created last."""
+    dirs = sorted(
+        d for d in glob.glob(osp.join(work_dir, '[0-9]*_[0-9]*'))
+        if osp.isdir(d) and d not in before)
+    if not dirs:
+        raise FileNotFoundError(
+            f'no timestamped log directory in {work_dir}: did the run start?')
+    return dirs[-1]
+
+
+def read_scalars(log_dir: str) -> List[dict]:
+    """The entries of ``<log_dir>/vis_data/scalars.json`` (one per line)."""
+    path = osp.join(log_dir, 'vis_data', 'scalars.json')
+    if not osp.isfile(path):
+        raise FileNotFoundError(
+            f'{path} is missing: the run logged nothing (is '
+            'default_hooks.logger.interval larger than the number of '
+            'iterations, or the LocalVisBackend disabled?)')
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def relation_series(entries: List[dict],
+                    keys: Sequence[str] = RELATION_KEYS) -> Dict[str, list]:
+    """``[iteration, value]`` pairs of each statistic in training entries.
+
+    A value is the mean over the log processor's window, as logged.
+    ``relation_precision`` is only present at iterations where some mined
+    pair had known labels.
+    """
+    series = {key: [] for key in keys}
+    for entry in entries:
+        if 'iter' not in entry:  # validation entries have no 'iter'
+            continue
+        for key in keys:
+            if key in entry and math.isfinite(float(entry[key])):
+                series[key].append([int(entry['iter']), float(entry[key])])
+    return series
+
+
+def probe_accuracy(entries: List[dict]) -> Dict:
+    """Validation top-1/top-5 of a linear probe, per epoch and final."""
+    epochs = [
+        dict(
+            epoch=int(e.get('step', i + 1)),
+            top1=float(e['accuracy/top1']),
+            top5=float(e['accuracy/top5']) if 'accuracy/top5' in e else None)
+        for i, e in enumerate(x for x in entries if 'accuracy/top1' in x)
+    ]
+    if not epochs:
+        raise ValueError('the linear probe logged no accuracy/top1: was '
+                         'validation disabled (val_interval)?')
+    return dict(top1=epochs[-1]['top1'], top5=epochs[-1]['top5'],
+                epochs=epochs)
+
+
+# --------------------------------------------------------------------------
+# Running
+# --------------------------------------------------------------------------
+def _run_train(config: str, work_dir: str, options: List[str], threads: int,
+               timeout: Optional[float]) -> Dict:
+    """``tools/train.py`` in a fresh process; returns the log dir and time.
+
+    Output goes to ``<work_dir>/stdout.log``; a failure raises with its
+    tail.
+    """
+    os.makedirs(work_dir, exist_ok=True)
+    before = glob.glob(osp.join(work_dir, '[0-9]*_[0-9]*'))
+    cmd = [sys.executable, TRAIN_SCRIPT, config, '--work-dir', work_dir]
+    if options:
+        cmd += ['--cfg-options', *options]
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    log_path = osp.join(work_dir, 'stdout.log')
+    start = time.perf_counter()
+    with open(log_path, 'w') as log:
+        proc = subprocess.run(
+            cmd,
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            timeout=timeout)
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        with open(log_path) as f:
+            tail = ''.join(f.readlines()[-25:])
+        raise RuntimeError(f'training failed (exit {proc.returncode}): '
+                           f'{shlex.join(cmd)}\n--- {log_path} (tail) ---\n'
+                           f'{tail}')
+    return dict(
+        command=shlex.join(cmd),
+        wall_s=wall,
+        log_dir=_latest_log_dir(work_dir, before),
+        stdout=log_path)
+
+
+def _last_checkpoint(work_dir: str) -> str:
+    path = osp.join(work_dir, 'last_checkpoint')
+    if not osp.isfile(path):
+        raise FileNotFoundError(
+            f'{path} is missing: the run saved no checkpoint (is a '
+            'CheckpointHook configured?)')
+    with open(path) as f:
+        ckpt = f.read().strip()
+    if not osp.isabs(ckpt):
+        ckpt = osp.join(REPO_ROOT, ckpt)
+    if not osp.isfile(ckpt):
+        raise FileNotFoundError(f'{path} points to {ckpt}, which is missing')
+    return ckpt
+
+
+def _load_cfg(config: str, options: List[str]):
+    """The config with ``key=value`` overrides, as tools/train.py builds it
+    (the kNN evaluation needs the same backbone and data roots)."""
+    from mmengine.config import Config, DictAction
+    cfg = Config.fromfile(osp.join(REPO_ROOT, config))
+    parsed = {}
+    for item in options:
+        key, value = item.split('=', 1)
+        parsed[key] = DictAction._parse_iterable(value)
+    cfg.merge_from_dict(parsed)
+    return cfg
+
+
+def _miner_hook_index(config: str) -> Optional[int]:
+    from mmengine.config import Config
+    hooks = Config.fromfile(osp.join(REPO_ROOT, config)).get(
+        'custom_hooks', []) or []
+    for i, hook in enumerate(hooks):
+        if hook.get('type') in ('RelationMinerHook',
+                                'mmpretrain.RelationMinerHook'):
+            return i
+    return None
+
+
+def _knn(cfg, checkpoint: str, prefix: str, args) -> Dict:
+    from rekd_mm.evaluation import run_knn_eval
+    start = time.perf_counter()
+    result = run_knn_eval(
+        cfg,
+        checkpoint,
+        prefix=prefix,
+        max_train=args.knn_max_train,
+        max_val=args.knn_max_val,
+        seed=args.seed,
+        show_progress=False,
+        verbose=False)
+    result['wall_s'] = time.perf_counter() - start
+    return result
+
+
+def _offline_teachers(values: Optional[List[str]],
+                      datasets: List[str]) -> Dict[str, str]:
+    """``--offline-teacher`` as ``{dataset: checkpoint}``."""
+    teachers = {}
+    for value in values or []:
+        name, sep, path = value.partition('=')
+        if sep and name in DATASETS:
+            teachers[name] = path
+        else:
+            teachers.update({d: value for d in datasets})
+    for name, path in teachers.items():
+        if not osp.isfile(path):
+            raise FileNotFoundError(
+                f'--offline-teacher for {name}: {path} does not exist')
+        teachers[name] = osp.abspath(path)
+    return teachers
+
+
+def _dataset_options(name: str, cifar_root: Optional[str]) -> Dict:
+    """Data-root overrides for pretraining (and kNN) and for the probe."""
+    if name != 'cifar10' or cifar_root is None:
+        return dict(train=[], probe=[])
+    root = osp.abspath(cifar_root)
+    train = [
+        f'{loader}.dataset.data_root={root}'
+        for loader in ('train_dataloader', 'knn_train_dataloader',
+                       'knn_val_dataloader')
+    ]
+    probe = [
+        f'{loader}.dataset.data_root={root}'
+        for loader in ('train_dataloader', 'val_dataloader',
+                       'test_dataloader')
+    ]
+    return dict(train=train, probe=probe)
+
+
+def _check_data(name: str, cifar_root: Optional[str]) -> None:
+    if name == 'cifar10':
+        root = cifar_root or osp.join(REPO_ROOT, DATASETS[name]['data_root'])
+        missing = [
+            s for s in ('train', 'test') if not osp.isdir(osp.join(root, s))
+        ]
+        if missing:
+            raise FileNotFoundError(
+                f'CIFAR-10 folders {missing} not found under {root}: expected '
+                '<root>/{train,test}/<class>/<n>.jpg; pass --cifar-root')
+    else:
+        root = osp.join(REPO_ROOT, DATASETS[name]['data_root'])
+        if not osp.isdir(root):
+            raise FileNotFoundError(
+                f'Fashion-MNIST not found at {root}: run tools/setup_env.sh '
+                '(it unpacks the Debian dataset-fashion-mnist files there)')
+
+
+def _git_dirty() -> Optional[bool]:
+    try:
+        out = subprocess.run(
+            ['git', 'status', '--porcelain', '--untracked-files=no'],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10)
+        return bool(out.stdout.strip()) if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+# --------------------------------------------------------------------------
+# Reporting
+# --------------------------------------------------------------------------
+def _fmt(value, digits: int = 2):
+    return None if value is None else round(float(value), digits)
+
+
+def build_markdown(results: Dict) -> str:
+    """The Markdown summary: one row per data set and variant."""
+    records = results['records']
+    settings = results['settings']
+    knn_k = settings['knn_k']
+    headers = [
+        'dataset', 'variant', f'student kNN top-1 (k={knn_k})',
+        'Δ vs MoCo v2', f'teacher kNN top-1 (k={knn_k})', 'probe top-1',
+        'relation precision (last)', 'train time (s)'
+    ]
+    rows = []
+    for rec in records:
+        rows.append([
+            rec['dataset'], rec['variant'],
+            _fmt(rec['student_knn_top1']),
+            _fmt(rec.get('delta_vs_mocov2')),
+            _fmt(rec.get('teacher_knn_top1')),
+            _fmt(rec.get('probe_top1')),
+            _fmt(rec.get('relation_precision_last'), 3),
+            _fmt(rec['train_wall_s'], 1)
+        ])
+    knn_sizes = ', '.join(
+        sorted({
+            f"{r['dataset']}: {r['knn']['student']['num_train']} train / "
+            f"{r['knn']['student']['num_val']} val"
+            for r in records
+        }))
+    lines = [
+        f"# ReKD vs MoCo v2: student quality ({settings['iters']} iterations, "
+        f"seed {settings['seed']})",
+        '',
+        markdown_table(headers, rows),
+        '',
+        f'kNN: weighted, T=0.07, on {knn_sizes or "-"}. Probe: '
+        + (f"{settings['probe_epochs']} epochs, linear on the frozen "
+           'student' if settings['probe_epochs'] else 'not run') + '. '
+        'Relation precision: share of mined positive pairs of the same '
+        'class, last logged value (window mean).',
+        '',
+        f"Command: `{results['command']}`  ",
+        f"Commit: `{results['git_commit']}`"
+        + (' (uncommitted changes)' if results.get('git_dirty') else '')
+        + f"; machine: {results['machine']['cpu_model']}, "
+        f"{results['machine']['usable_cores']} usable cores, "
+        f"{settings['threads']} thread(s) per run.",
+    ]
+    return '\n'.join(lines)
+
+
+def plot_relation(results: Dict, path: str) -> None:
+    """Relation precision and positives per anchor over iterations, one
+    column per data set, one line per variant (matplotlib, Agg)."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    datasets = list(dict.fromkeys(r['dataset'] for r in results['records']))
+    datasets = datasets or ['-']
+    rows = (('relation_precision', 'relation precision'),
+            ('relation_pos_per_anchor', 'mined positives / anchor'))
+    fig, axes = plt.subplots(
+        len(rows),
+        len(datasets),
+        figsize=(5 * len(datasets), 3.2 * len(rows)),
+        squeeze=False)
+    for col, dataset in enumerate(datasets):
+        for row, (key, label) in enumerate(rows):
+            ax = axes[row][col]
+            plotted = False
+            for rec in results['records']:
+                points = rec.get('relation', {}).get(key) or []
+                if rec['dataset'] != dataset or not points:
+                    continue
+                xs, ys = zip(*points)
+                ax.plot(xs, ys, marker='.', label=rec['variant'])
+                plotted = True
+            if not plotted:
+                ax.text(
+                    0.5,
+                    0.5,
+                    'no relation mined',
+                    ha='center',
+                    va='center',
+                    transform=ax.transAxes)
+            else:
+                ax.legend(fontsize='small')
+            ax.set_title(f'{dataset}: {label}', fontsize='medium')
+            ax.set_xlabel('iteration')
+            ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _write(results: Dict, out: str) -> Dict[str, str]:
+    """JSON, Markdown (``.md``) and plot (``.png``) next to each other."""
+    os.makedirs(osp.dirname(osp.abspath(out)), exist_ok=True)
+    stem = osp.splitext(out)[0]
+    paths = dict(json=out, markdown=stem + '.md', plot=stem + '.png')
+    results['outputs'] = paths
+    with open(paths['json'], 'w') as f:
+        json.dump(results, f, indent=2)
+        f.write('\n')
+    with open(paths['markdown'], 'w') as f:
+        f.write(build_markdown(results).rstrip() + '\n')
+    plot_relation(results, paths['plot'])
+    return paths
+
+
+# --------------------------------------------------------------------------
+# Main
+# --------------------------------------------------------------------------
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description='Student quality of ReKD vs MoCo v2 (kNN, linear probe, '
+        'relation precision)')
+    parser.add_argument(
+        '--datasets',
+        nargs='+',
+        choices=sorted(DATASETS),
+        default=['fashion-mnist', 'cifar10'])
+    parser.add_argument(
+        '--variants',
+        nargs='+',
+        default=['mocov2', 'rekd'],
+        help="'mocov2', 'rekd', 'rekd_no_relation', 'rekd_offline', and "
+        "'rekd' with modifiers _k{K} _theta{Θ} (e.g. rekd_k50_theta0.7)")
+    parser.add_argument(
+        '--iters', type=int, default=400, help='train_cfg.max_iters')
+    parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument(
+        '--threads',
+        type=int,
+        default=2,
+        help='OMP_NUM_THREADS of the training runs and torch threads of '
+        'the kNN evaluation')
+    parser.add_argument(
+        '--work-root',
+        default='work_dirs/quality',
+        help='work dirs go to <work-root>/<dataset>/<variant>')
+    parser.add_argument(
+        '--out',
+        default=None,
+        help='JSON result file (default <work-root>/quality.json); the '
+        'Markdown table (.md) and the plot (.png) are written next to it')
+    parser.add_argument(
+        '--cifar-root',
+        default=None,
+        help='CIFAR-10 folder with train/ and test/ (default: the configs\', '
+        '../shared/data/cifar10 from the repository root)')
+    parser.add_argument(
+        '--knn-max-train',
+        type=int,
+        default=None,
+        help='random subset of the kNN memory bank (default: all)')
+    parser.add_argument(
+        '--knn-max-val',
+        type=int,
+        default=None,
+        help='random subset of the kNN queries (default: all)')
+    parser.add_argument(
+        '--knn-k', type=int, default=200, help='k reported in the table')
+    parser.add_argument(
+        '--probe-epochs',
+        type=int,
+        default=0,
+        help='linear-probe epochs for every student (0: no probe)')
+    parser.add_argument(
+        '--probe-variants',
+        nargs='+',
+        default=None,
+        help='probe only these variants (default: all of --variants)')
+    parser.add_argument(
+        '--offline-teacher',
+        nargs='+',
+        default=None,
+        help="teacher checkpoint of the '_offline' variants: one path for "
+        'every data set or DATASET=PATH entries')
+    parser.add_argument(
+        '--offline-teacher-prefix',
+        default='',
+        help="prefix before backbone./neck. in that checkpoint: '' for MoCo "
+        "(default), 'teacher.' for a ReKD checkpoint")
+    parser.add_argument(
+        '--miner-init-iter',
+        type=int,
+        default=None,
+        help="iteration at which ReKD's prototype bank is first clustered "
+        '(RelationMinerHook init_iter; default: the config\'s)')
+    parser.add_argument(
+        '--extra-cfg-options',
+        nargs='+',
+        default=[],
+        metavar='KEY=VALUE',
+        help='overrides passed to every pretraining run (MoCo v2 and ReKD) '
+        'and used for its kNN evaluation, e.g. model.queue_len=256 '
+        'train_dataloader.batch_size=16')
+    parser.add_argument(
+        '--rekd-cfg-options',
+        nargs='+',
+        default=[],
+        metavar='KEY=VALUE',
+        help='overrides passed to the ReKD runs only (keys MoCo does not '
+        'have), e.g. model.miner.num_prototypes=8')
+    parser.add_argument(
+        '--probe-cfg-options',
+        nargs='+',
+        default=[],
+        metavar='KEY=VALUE',
+        help='overrides passed to every linear-probe run')
+    parser.add_argument(
+        '--timeout',
+        type=float,
+        default=None,
+        help='seconds allowed to each training subprocess (default: none)')
+    parser.add_argument(
+        '--dry-run',
+        action='store_true',
+        help='print the planned training commands and exit')
+    args = parser.parse_args(argv)
+    if args.iters < 1:
+        parser.error('--iters must be >= 1')
+    if args.threads < 1:
+        parser.error('--threads must be >= 1')
+    if args.probe_epochs < 0:
+        parser.error('--probe-epochs must be >= 0')
+    for opt in ('extra_cfg_options', 'rekd_cfg_options', 'probe_cfg_options'):
+        bad = [item for item in getattr(args, opt) if '=' not in item]
+        if bad:
+            parser.error(f"--{opt.replace('_', '-')}: {bad} are not "
+                         'KEY=VALUE')
+    try:
+        args.specs = [parse_variant(v) for v in args.variants]
+    except ValueError as err:
+        parser.error(str(err))
+    if len(set(args.variants)) != len(args.variants):
+        parser.error(f'--variants has duplicates: {args.variants}')
+    unknown = set(args.probe_variants or []) - set(args.variants)
+    if unknown:
+        parser.error(f'--probe-variants {sorted(unknown)} are not in '
+                     f'--variants {args.variants}')
+    return args
+
+
+def _plan(args) -> List[Dict]:
+    """Every run: data set, variant, config and overrides."""
+    teachers = _offline_teachers(args.offline_teacher, args.datasets) if any(
+        s['offline'] for s in args.specs) else {}
+    plan = []
+    for dataset in args.datasets:
+        _check_data(dataset, args.cifar_root)
+        paths = DATASETS[dataset]
+        data_opts = _dataset_options(dataset, args.cifar_root)
+        hook_index = _miner_hook_index(paths['rekd'])
+        for spec in args.specs:
+            if spec['offline'] and dataset not in teachers:
+                raise ValueError(
+                    f"variant {spec['name']!r} on {dataset}: no "
+                    f'--offline-teacher for it (give PATH or {dataset}=PATH)')
+            config = paths[spec['algorithm']]
+            options = [
+                f'train_cfg.max_iters={args.iters}',
+                f'randomness.seed={args.seed}'
+            ] + data_opts['train'] + list(args.extra_cfg_options)
+            if spec['algorithm'] == 'rekd':
+                options += list(args.rekd_cfg_options)
+            # Last, so that the variant's name stays true to what ran.
+            options += variant_cfg_options(
+                spec,
+                args.iters,
+                miner_hook_index=hook_index,
+                miner_init_iter=args.miner_init_iter,
+                offline_teacher=teachers.get(dataset),
+                offline_prefix=args.offline_teacher_prefix)
+            work_dir = osp.abspath(
+                osp.join(args.work_root, dataset, spec['name']))
+            plan.append(
+                dict(
+                    dataset=dataset,
+                    spec=spec,
+                    config=config,
+                    options=options,
+                    work_dir=work_dir,
+                    probe_config=paths['probe'],
+                    probe_options=data_opts['probe'] +
+                    list(args.probe_cfg_options)))
+    return plan
+
+
+def _run_one(item: Dict, args) -> Dict:
+    spec = item['spec']
+    rec = dict(
+        dataset=item['dataset'],
+        variant=spec['name'],
+        algorithm=spec['algorithm'],
+        config=item['config'],
+        cfg_options=item['options'],
+        work_dir=item['work_dir'])
+    print(f"[{item['dataset']} / {spec['name']}] training "
+          f"{args.iters} iterations ...", flush=True)
+    run = _run_train(item['config'], item['work_dir'], item['options'],
+                     args.threads, args.timeout)
+    rec.update(
+        train_command=run['command'],
+        train_wall_s=run['wall_s'],
+        log_dir=run['log_dir'])
+    rec['checkpoint'] = _last_checkpoint(item['work_dir'])
+    entries = read_scalars(run['log_dir'])
+    train_entries = [e for e in entries if 'iter' in e]
+    if train_entries:
+        last = train_entries[-1]
+        rec['last_logged'] = {
+            k: v
+            for k, v in last.items() if k.startswith('loss') or k == 'iter'
+        }
+        times = [float(e['time']) for e in train_entries if 'time' in e]
+        rec['iter_time_s_median'] = sorted(times)[len(times) //
+                                                  2] if times else None
+    if spec['algorithm'] == 'rekd':
+        rec['relation'] = relation_series(entries)
+        precision = rec['relation']['relation_precision']
+        rec['relation_precision_last'] = precision[-1][1] if precision \
+            else None
+
+    print(f"[{item['dataset']} / {spec['name']}] kNN ...", flush=True)
+    cfg = _load_cfg(item['config'], item['options'])
+    rec['knn'] = dict(student=_knn(cfg, rec['checkpoint'], 'backbone.', args))
+    key = f'k{args.knn_k}_top1'
+    if key not in rec['knn']['student']:
+        raise KeyError(f'run_knn_eval returned no {key}: pass --knn-k 200 or '
+                       '20 (the evaluated neighbour counts)')
+    rec['student_knn_top1'] = rec['knn']['student'][key]
+    if spec['algorithm'] == 'rekd':
+        rec['knn']['teacher'] = _knn(cfg, rec['checkpoint'],
+                                     'teacher.backbone.', args)
+        rec['teacher_knn_top1'] = rec['knn']['teacher'][key]
+
+    if args.probe_epochs > 0 and (args.probe_variants is None
+                                  or spec['name'] in args.probe_variants):
+        print(f"[{item['dataset']} / {spec['name']}] linear probe "
+              f'({args.probe_epochs} epochs) ...', flush=True)
+        epochs = args.probe_epochs
+        # The probe's cosine schedule ends with its last epoch.
+        options = [
+            f"model.backbone.init_cfg.checkpoint={rec['checkpoint']}",
+            f'train_cfg.max_epochs={epochs}',
+            f'param_scheduler.0.T_max={epochs}',
+            f'param_scheduler.0.end={epochs}', f'randomness.seed={args.seed}'
+        ] + item['probe_options']
+        probe = _run_train(item['probe_config'],
+                           osp.join(item['work_dir'], 'linear_probe'),
+                           options, args.threads, args.timeout)
+        rec['probe'] = dict(
+            config=item['probe_config'],
+            cfg_options=options,
+            command=probe['command'],
+            wall_s=probe['wall_s'],
+            **probe_accuracy(read_scalars(probe['log_dir'])))
+        rec['probe_top1'] = rec['probe']['top1']
+    return rec
+
+
+def main(argv: Optional[List[str]] = None) -> Dict:
+    args = parse_args(argv)
+    os.environ['OMP_NUM_THREADS'] = str(args.threads)
+    out = args.out or osp.join(args.work_root, 'quality.json')
+    try:
+        plan = _plan(args)
+    except (ValueError, FileNotFoundError) as err:
+        sys.exit(f'benchmarks/quality.py: {err}')
+    if args.dry_run:
+        for item in plan:
+            print(
+                shlex.join([
+                    'python', 'tools/train.py', item['config'], '--work-dir',
+                    item['work_dir'], '--cfg-options', *item['options']
+                ]))
+        return dict(plan=plan)
+
+    import torch
+    torch.set_num_threads(args.threads)
+    machine = machine_info()
+    results = dict(
+        benchmark='quality',
+        command=command_line(),
+        git_commit=machine.get('git_commit'),
+        git_dirty=_git_dirty(),
+        machine=machine,
+        settings=dict(
+            datasets=args.datasets,
+            variants=args.variants,
+            iters=args.iters,
+            seed=args.seed,
+            threads=args.threads,
+            knn_k=args.knn_k,
+            knn_max_train=args.knn_max_train,
+            knn_max_val=args.knn_max_val,
+            probe_epochs=args.probe_epochs,
+            probe_variants=args.probe_variants or args.variants,
+            miner_init_iter=args.miner_init_iter,
+            extra_cfg_options=args.extra_cfg_options,
+            rekd_cfg_options=args.rekd_cfg_options,
+            probe_cfg_options=args.probe_cfg_options,
+            work_root=osp.abspath(args.work_root)),
+        records=[])
+    start = time.perf_counter()
+    paths = {}
+    for item in plan:
+        results['records'].append(_run_one(item, args))
+        # Deltas against the same data set's MoCo v2, whatever the order.
+        baselines = {
+            r['dataset']: r['student_knn_top1']
+            for r in results['records'] if r['variant'] == 'mocov2'
+        }
+        for r in results['records']:
+            base = baselines.get(r['dataset'])
+            r['delta_vs_mocov2'] = None if base is None else (
+                r['student_knn_top1'] - base)
+        results['total_wall_s'] = time.perf_counter() - start
+        # Rewritten after every run: a long benchmark keeps what it did.
+        paths = _write(results, out)
+    print(build_markdown(results))
+    print('\n'.join(f'{k}: {v}' for k, v in paths.items()))
+    return results
+
+
+if __name__ == '__main__':
+    main()

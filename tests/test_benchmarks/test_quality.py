@@ -1,0 +1,161 @@
+# Copyright (c) OpenMMLab. All rights reserved.
+"""End-to-end test of benchmarks/quality.py on Fashion-MNIST with tiny
+settings (6 iterations, a 256-slot queue, K = 8, kNN on 500 + 500 images),
+and of its variant grammar. Nothing here is timed; the accuracies of such
+short runs are only checked to be valid percentages."""
+import importlib.util
+import json
+import math
+import os
+import os.path as osp
+import re
+import subprocess
+import sys
+
+import pytest
+
+from tests.toy_configs import FASHION_MNIST_ROOT, REPO_ROOT
+
+SCRIPT = osp.join(REPO_ROOT, 'benchmarks', 'quality.py')
+ITERS = 6
+INIT_ITER = 2
+NUM_PROTOTYPES = 8
+VARIANTS = ['mocov2', 'rekd', 'rekd_no_relation']
+
+
+@pytest.fixture(scope='module')
+def quality():
+    spec = importlib.util.spec_from_file_location('bench_quality', SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test__variant_names_map_to_overrides(quality):
+    spec = quality.parse_variant('rekd_k50_theta0.7')
+    assert (spec['algorithm'], spec['num_prototypes'],
+            spec['threshold']) == ('rekd', 50, 0.7)
+    assert quality.variant_cfg_options(spec, 100, miner_hook_index=0) == [
+        'model.miner.num_prototypes=50', 'model.miner.threshold=0.7'
+    ]
+    # No relation: the bank is never clustered within the run.
+    spec = quality.parse_variant('rekd_no_relation')
+    assert quality.variant_cfg_options(
+        spec, 100, miner_hook_index=3) == ['custom_hooks.3.init_iter=101']
+    spec = quality.parse_variant('rekd_offline')
+    assert quality.variant_cfg_options(
+        spec, 100, offline_teacher='/x.pth', offline_prefix='teacher.') == [
+            'model.teacher_pretrained.checkpoint=/x.pth',
+            'model.teacher_pretrained.prefix=teacher.'
+        ]
+    with pytest.raises(ValueError, match='--offline-teacher'):
+        quality.variant_cfg_options(spec, 100)
+    assert quality.variant_cfg_options(
+        quality.parse_variant('mocov2'), 100, miner_hook_index=0,
+        miner_init_iter=5) == []
+    for bad in ('moco', 'rekd_kx', 'rekd_theta2', 'rekd_k5_k6', 'rekdk5'):
+        with pytest.raises(ValueError, match=repr(bad)):
+            quality.parse_variant(bad)
+
+
+def test__end_to_end_on_fashion_mnist(tmp_path):
+    assert osp.isdir(FASHION_MNIST_ROOT), 'run tools/setup_env.sh first'
+    out = tmp_path / 'quality.json'
+    no_workers = [
+        f'{loader}.num_workers=0' for loader in ('train_dataloader',
+                                                 'knn_train_dataloader',
+                                                 'knn_val_dataloader')
+    ]
+    cmd = [
+        sys.executable, SCRIPT, '--datasets', 'fashion-mnist', '--variants',
+        *VARIANTS, '--iters',
+        str(ITERS), '--threads', '1', '--work-root',
+        str(tmp_path / 'work'), '--out',
+        str(out), '--knn-max-train', '500', '--knn-max-val', '500',
+        '--miner-init-iter',
+        str(INIT_ITER), '--probe-epochs', '1', '--probe-variants', 'mocov2',
+        '--extra-cfg-options', 'model.queue_len=256',
+        'train_dataloader.batch_size=16',
+        'train_dataloader.persistent_workers=False',
+        'default_hooks.logger.interval=1', *no_workers, '--rekd-cfg-options',
+        f'model.miner.num_prototypes={NUM_PROTOTYPES}', '--probe-cfg-options',
+        'train_dataloader.dataset.indices=64',
+        'val_dataloader.dataset.indices=64', 'train_dataloader.batch_size=32',
+        'val_dataloader.batch_size=32', 'train_dataloader.num_workers=0',
+        'val_dataloader.num_workers=0',
+        'train_dataloader.persistent_workers=False',
+        'val_dataloader.persistent_workers=False'
+    ]
+    proc = subprocess.run(
+        cmd,
+        cwd=REPO_ROOT,
+        env=dict(os.environ, OMP_NUM_THREADS='1'),
+        capture_output=True,
+        text=True,
+        timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+    results = json.loads(out.read_text())
+    assert '--iters 6' in results['command']
+    assert results['git_commit'] == results['machine']['git_commit']
+    assert results['settings']['iters'] == ITERS
+    records = {r['variant']: r for r in results['records']}
+    assert [r['variant'] for r in results['records']] == VARIANTS
+    for name, rec in records.items():
+        assert rec['dataset'] == 'fashion-mnist'
+        assert rec['checkpoint'].endswith(f'iter_{ITERS}.pth')
+        assert rec['train_wall_s'] > 0
+        assert f'train_cfg.max_iters={ITERS}' in rec['cfg_options']
+        knn = rec['knn']['student']
+        assert (knn['num_train'], knn['num_val']) == (500, 500)
+        assert knn['prefix'] == 'backbone.'
+        top1 = rec['student_knn_top1']
+        assert math.isfinite(top1) and 0 <= top1 <= 100
+        assert top1 == knn['k200_top1']
+        assert rec['delta_vs_mocov2'] == pytest.approx(
+            top1 - records['mocov2']['student_knn_top1'])
+        if name == 'mocov2':
+            assert 'teacher' not in rec['knn'] and 'relation' not in rec
+        else:
+            assert rec['knn']['teacher']['prefix'] == 'teacher.backbone.'
+            assert rec['knn']['teacher']['feat_dim'] == 512  # ResNet-18
+            assert 0 <= rec['teacher_knn_top1'] <= 100
+    # The teacher never sees the relation term (its gradient reaches the
+    # student only): same seed, same data, same teacher.
+    assert records['rekd']['teacher_knn_top1'] == \
+        records['rekd_no_relation']['teacher_knn_top1']
+
+    # ReKD mined relations from the iteration after the bank's clustering.
+    relation = records['rekd']['relation']
+    precision = relation['relation_precision']
+    assert precision, 'no relation precision logged for rekd'
+    assert all(it > INIT_ITER and 0 <= p <= 1 for it, p in precision)
+    assert records['rekd']['relation_precision_last'] == precision[-1][1]
+    assert [it for it, _ in relation['proto_in_use']] == list(
+        range(1, ITERS + 1))
+    assert all(0 <= v <= NUM_PROTOTYPES for _, v in relation['proto_in_use'])
+    assert relation['relation_pos_per_anchor'][-1][1] > 0
+    # Without relations the bank is never clustered: nothing is mined.
+    no_rel = records['rekd_no_relation']['relation']
+    assert no_rel['relation_precision'] == []
+    assert all(v == 0 for _, v in no_rel['relation_pos_per_anchor'])
+    assert any(
+        re.fullmatch(rf'custom_hooks\.\d+\.init_iter={ITERS + 1}', opt)
+        for opt in records['rekd_no_relation']['cfg_options'])
+
+    # The probe ran for mocov2 only, one epoch on 64 images.
+    probe = records['mocov2']['probe']
+    assert len(probe['epochs']) == 1
+    assert 0 <= probe['top1'] <= 100 and probe['top1'] == \
+        records['mocov2']['probe_top1']
+    assert 'probe' not in records['rekd']
+
+    # Markdown table and plot next to the JSON, paths printed.
+    md = out.with_suffix('.md').read_text()
+    assert '| dataset | variant |' in md
+    for name in VARIANTS:
+        assert f'| fashion-mnist | {name} |' in md
+    png = out.with_suffix('.png')
+    assert png.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+    assert str(png) in proc.stdout and '| fashion-mnist | rekd |' in \
+        proc.stdout
