@@ -114,7 +114,8 @@ def collect_assignments(model: torch.nn.Module,
         inputs = data['inputs']
         if isinstance(inputs, (list, tuple)):
             inputs = inputs[0]
-        assign, sim = model.miner.assign(model.teacher_embed(inputs))
+        assign, sim = model.miner.assign(
+            model.mining_space(model.teacher_embed(inputs)))
         assigns.append(assign.cpu())
         sims.append(sim.cpu())
         labels.append(

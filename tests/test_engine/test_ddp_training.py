@@ -2,6 +2,7 @@
 """ReKD under DDP (two gloo processes on CPU): every rank must end with the
 same bank, queues and weights, and the gathered bank update must equal the
 single-process one."""
+import pytest
 import torch
 
 from tests.dist_utils import run_distributed
@@ -12,7 +13,7 @@ INIT_ITER = 3
 BATCH_PER_RANK = 4
 
 
-def _train_with_runner(rank, world_size, work_dir):
+def _train_with_runner(rank, world_size, work_dir, center=None):
     from mmengine.config import Config
     from mmengine.runner import Runner
 
@@ -27,6 +28,8 @@ def _train_with_runner(rank, world_size, work_dir):
         max_iters=MAX_ITERS,
         batch_size=BATCH_PER_RANK,
         miner_hook=dict(init_iter=INIT_ITER, source='queue'),
+        model=toy_model_cfg(
+            miner=dict(num_prototypes=4, threshold=0.0, center=center)),
         launcher='pytorch',
         model_wrapper_cfg=dict(
             type='MMDistributedDataParallel',
@@ -45,9 +48,10 @@ def _train_with_runner(rank, world_size, work_dir):
     return dict(state=state, pos_history=torch.from_numpy(history.copy()))
 
 
-def test__ranks_stay_bit_identical_in_runner_training(tmp_path):
+@pytest.mark.parametrize('center', [None, 'batch'])
+def test__ranks_stay_bit_identical_in_runner_training(tmp_path, center):
     results = run_distributed(
-        _train_with_runner, world_size=2, args=(str(tmp_path), ))
+        _train_with_runner, world_size=2, args=(str(tmp_path), center))
     state0, state1 = results[0]['state'], results[1]['state']
 
     assert state0.keys() == state1.keys()
@@ -63,6 +67,7 @@ def test__ranks_stay_bit_identical_in_runner_training(tmp_path):
     # Check that the compared state is the interesting one.
     for prefix in ('encoder_k.', 'teacher_encoder_k.', 'teacher.backbone.'):
         assert any(k.startswith(prefix) for k in state0)
+    assert ('mining_queue' in state0) == (center is not None)
     global_batch = 2 * BATCH_PER_RANK
     assert int(state0['queue_count']) == MAX_ITERS * global_batch
     assert int(state0['queue_ptr']) == MAX_ITERS * global_batch % 64

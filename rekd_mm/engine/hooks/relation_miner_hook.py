@@ -175,7 +175,7 @@ class RelationMinerHook(Hook):
         logger = MMLogger.get_current_instance()
         if self.source == 'queue':
             # The queue is identical on every rank: cluster it locally.
-            embeddings = model.filled_teacher_keys()
+            embeddings = model.filled_mining_keys()
             distributed = False
         else:
             embeddings = self._extract_dataset(runner, model)
@@ -210,7 +210,7 @@ class RelationMinerHook(Hook):
                 inputs = data['inputs']
                 if isinstance(inputs, Sequence):
                     inputs = inputs[0]
-                feats.append(model.teacher_embed(inputs))
+                feats.append(model.mining_space(model.teacher_embed(inputs)))
                 if bar is not None:
                     bar.update()
         if bar is not None:

@@ -58,7 +58,9 @@ class ReKD(BaseSelfSupervisor):
             re-assigned every this many iterations (1 = exact every
             iteration; default 10, which mis-assigns ~0.1% of the slots on
             the demo, see docs/performance.md). Defaults to
-            ``dict(num_prototypes=1000)``.
+            ``dict(num_prototypes=1000)``. ``center`` (None or ``'batch'``,
+            default None) mines in a batch-centred teacher space, see
+            :meth:`mining_space`.
         queue_len (int): Length L of both queues. Must be a multiple of the
             global batch size. Defaults to 65536.
         feat_dim (int): Output dimension D of both necks. Defaults to 128.
@@ -151,6 +153,10 @@ class ReKD(BaseSelfSupervisor):
         miner = dict(num_prototypes=1000) if miner is None else dict(miner)
         self.queue_refresh_interval = int(
             miner.pop('queue_refresh_interval', 10))
+        self.mining_center = miner.pop('center', None)
+        if self.mining_center not in (None, 'batch'):
+            raise ValueError("model.miner.center must be None or 'batch', "
+                             f'got {self.mining_center!r}')
         if self.queue_refresh_interval < 1:
             raise ValueError('model.miner.queue_refresh_interval must be >= '
                              f'1, got {self.queue_refresh_interval}')
@@ -176,6 +182,11 @@ class ReKD(BaseSelfSupervisor):
         # Iterations since the queue's assignments were last fully refreshed.
         self.register_buffer('queue_assign_age',
                              torch.zeros((), dtype=torch.long))
+        if self.mining_center is not None:
+            # Index-aligned mining-space copy of the teacher queue: each key
+            # centred on the mean of its own global batch, re-normalised.
+            self.register_buffer('mining_queue',
+                                 torch.zeros(feat_dim, queue_len))
 
     def init_weights(self) -> None:
         """Initialise weights, then load the offline teacher if configured."""
@@ -224,6 +235,37 @@ class ReKD(BaseSelfSupervisor):
             self.teacher.backbone, self.teacher.neck)
         return F.normalize(encoder(inputs)[0].float(), dim=1)
 
+    def mining_space(self,
+                     keys: torch.Tensor,
+                     center: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Map unit teacher keys to the space the relation miner works in.
+
+        Without ``miner.center`` this is the teacher's key space itself. With
+        ``miner.center='batch'`` each key is centred on ``center`` (the mean
+        of its global batch) and re-normalised: early in training an online
+        teacher's keys share a large, drifting common component, which would
+        otherwise decide every assignment (see docs/method.md).
+
+        Args:
+            keys (Tensor): ``(N, D)`` unit teacher keys.
+            center (Tensor, optional): ``(D,)`` centre; defaults to the mean
+                of ``keys``.
+
+        Returns:
+            Tensor: ``(N, D)`` float unit vectors.
+        """
+        keys = keys.float()
+        if self.mining_center is None:
+            return keys
+        if center is None:
+            center = keys.mean(0)
+        return F.normalize(keys - center, dim=1)
+
+    def _mining_queue(self) -> torch.Tensor:
+        """The ``(D, L)`` teacher queue in mining space."""
+        return (self.teacher_queue
+                if self.mining_center is None else self.mining_queue)
+
     def _encode_keys(self,
                      ema: Optional[ExponentialMovingAverage],
                      online: nn.Module,
@@ -267,7 +309,9 @@ class ReKD(BaseSelfSupervisor):
     def _dequeue_and_enqueue(self, student_keys: torch.Tensor,
                              teacher_keys: torch.Tensor,
                              teacher_assign: torch.Tensor,
-                             labels: torch.Tensor) -> None:
+                             labels: torch.Tensor,
+                             mining_keys: Optional[torch.Tensor] = None
+                             ) -> None:
         """Write one global batch into the index-aligned queues.
 
         All arguments are already gathered from every rank, so each rank
@@ -278,6 +322,8 @@ class ReKD(BaseSelfSupervisor):
         ptr = int(self.queue_ptr)
         self.queue[:, ptr:ptr + batch_size] = student_keys.t()
         self.teacher_queue[:, ptr:ptr + batch_size] = teacher_keys.t()
+        if self.mining_center is not None:
+            self.mining_queue[:, ptr:ptr + batch_size] = mining_keys.t()
         self.queue_labels[ptr:ptr + batch_size] = labels
         self.queue_assign[ptr:ptr + batch_size] = teacher_assign
         self.queue_ptr[0] = (ptr + batch_size) % self.queue_len
@@ -287,15 +333,16 @@ class ReKD(BaseSelfSupervisor):
     @torch.no_grad()
     def refresh_queue_assign(self) -> None:
         """Re-assign every filled teacher-queue slot to the current bank."""
-        assign, _ = self.miner.assign(self.teacher_queue.t())
+        assign, _ = self.miner.assign(self._mining_queue().t())
         filled = torch.arange(
             self.queue_len, device=assign.device) < self.queue_count
         self.queue_assign.copy_(torch.where(filled, assign, -1))
         self.queue_assign_age.zero_()
 
-    def filled_teacher_keys(self) -> torch.Tensor:
-        """The ``(queue_count, D)`` teacher keys written so far."""
-        return self.teacher_queue[:, :int(self.queue_count)].t()
+    def filled_mining_keys(self) -> torch.Tensor:
+        """The ``(queue_count, D)`` teacher keys written so far, in mining
+        space (what the bank is clustered from)."""
+        return self._mining_queue()[:, :int(self.queue_count)].t()
 
     def loss(self, inputs: List[torch.Tensor], data_samples: List[DataSample],
              **kwargs) -> Dict[str, torch.Tensor]:
@@ -340,12 +387,19 @@ class ReKD(BaseSelfSupervisor):
             torch.tensor(-1) for sample in data_samples
         ]).to(device=k_t.device, dtype=torch.long) if data_samples else \
             torch.full((k_t.shape[0], ), -1, device=k_t.device)
+        # Teacher keys of every rank (for the centre, the update step and
+        # the queue): identical on all ranks.
+        with torch.no_grad():
+            all_k_t = torch.cat(all_gather(k_t.float()))
+            center = (all_k_t.mean(0)
+                      if self.mining_center is not None else None)
         pos_mask, anchor_assign = None, None
         if self.miner.is_initialized:
             with torch.no_grad():
                 if int(self.queue_assign_age) >= self.queue_refresh_interval:
                     self.refresh_queue_assign()
-                anchor_assign, _ = self.miner.assign(k_t)
+                anchor_assign, _ = self.miner.assign(
+                    self.mining_space(k_t, center))
                 pos_mask = (anchor_assign[:, None] == self.queue_assign[None])
                 pos_mask &= (anchor_assign >= 0)[:, None]
         losses['loss_relation'] = self.loss_weights[
@@ -365,16 +419,16 @@ class ReKD(BaseSelfSupervisor):
         # the bank and both queues stay identical across ranks.
         with torch.no_grad():
             all_k_s = torch.cat(all_gather(k_s.float()))
-            all_k_t = torch.cat(all_gather(k_t.float()))
             all_labels = torch.cat(all_gather(labels))
+            all_m_t = self.mining_space(all_k_t, center)
             all_assign = torch.full_like(all_labels, -1)
             if self.miner.is_initialized:
-                all_assign, all_sim = self.miner.assign(all_k_t)
-                self.miner.update(all_k_t, all_assign, all_sim)
-                all_assign, _ = self.miner.assign(all_k_t)
+                all_assign, all_sim = self.miner.assign(all_m_t)
+                self.miner.update(all_m_t, all_assign, all_sim)
+                all_assign, _ = self.miner.assign(all_m_t)
                 self.queue_assign_age.add_(1)
             self._dequeue_and_enqueue(all_k_s, all_k_t, all_assign,
-                                      all_labels)
+                                      all_labels, all_m_t)
         return losses
 
     @torch.no_grad()

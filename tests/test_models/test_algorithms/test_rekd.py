@@ -93,7 +93,7 @@ def test__relation_loss_and_gradients_after_bank_init():
     model = _build(queue_len=16, num_prototypes=2, threshold=-1.0)
     for seed in range(2):  # fill the queue
         model.loss(*_batch(seed=seed))
-    model.miner.initialize(model.filled_teacher_keys(), distributed=False)
+    model.miner.initialize(model.filled_mining_keys(), distributed=False)
     model.refresh_queue_assign()
     assert (model.queue_assign >= 0).all()
     calls = _spy_head(model)
@@ -207,7 +207,7 @@ def test__relation_precision_needs_labels():
     model = _build(queue_len=16, num_prototypes=2, threshold=-1.0)
     for seed in range(2):
         model.loss(*_batch(seed=seed, labels=False))
-    model.miner.initialize(model.filled_teacher_keys(), distributed=False)
+    model.miner.initialize(model.filled_mining_keys(), distributed=False)
     model.refresh_queue_assign()
     assert (model.queue_labels == -1).all()
 
@@ -230,3 +230,35 @@ def test__training_step_leaves_the_global_rng_untouched():
     state = torch.get_rng_state()
     model.loss(views, samples)
     assert torch.equal(torch.get_rng_state(), state)
+
+
+def test__batch_centred_mining_space():
+    model = _build(miner=dict(num_prototypes=4, threshold=0.0,
+                              center='batch'))
+    assert 'mining_queue' in model.state_dict()
+    views, samples = _batch(num=8)
+    with torch.no_grad():
+        model.loss(views, samples)
+    # Slot j of mining_queue is slot j of teacher_queue centred on the mean
+    # of its batch, re-normalised (closed form).
+    keys = model.teacher_queue[:, :8].t()
+    expected = torch.nn.functional.normalize(keys - keys.mean(0), dim=1)
+    torch.testing.assert_close(model.mining_queue[:, :8].t(), expected)
+    torch.testing.assert_close(model.filled_mining_keys(), expected)
+    # A common offset added to all keys (the early teacher's drifting cone)
+    # changes nothing in mining space.
+    offset = torch.randn(1, keys.shape[1])
+    torch.testing.assert_close(
+        model.mining_space(keys + offset),
+        model.mining_space(keys),
+        atol=1e-5,
+        rtol=0)
+    # Without centring the mining space is the key space itself.
+    plain = _build()
+    torch.testing.assert_close(plain.mining_space(keys), keys)
+    assert 'mining_queue' not in plain.state_dict()
+
+
+def test__unknown_mining_centre_raises():
+    with pytest.raises(ValueError, match='model.miner.center'):
+        _build(miner=dict(num_prototypes=4, center='queue'))
