@@ -5,7 +5,8 @@
 # No prebuilt wheel is reachable for torch 2.14; from the sdist, torch 2.14's
 # headers need C++20 while mmcv's setup.py appends -std=c++17 last (so CFLAGS
 # cannot override it), and the build needs setuptools<82 (pkg_resources)
-# without build isolation. ~20 min on 2 cores. Usage:
+# without build isolation (for the sdist's metadata step too). ~15-20 min
+# on 2 cores. Usage:
 #   bash tools/build_mmcv.sh [PYTHON]   # default: .venv/bin/python
 # Prints the wheel's path. Environment: REKD_CACHE (default ~/.cache/rekd_mm).
 set -euo pipefail
@@ -22,7 +23,8 @@ if [ -n "$existing" ]; then
 fi
 build_dir="$(mktemp -d)"
 trap 'rm -rf "$build_dir"' EXIT
-"$python_bin" -m pip download -q --no-deps --no-binary :all: -d "$build_dir" mmcv==2.1.0 >&2
+"$python_bin" -m pip download -q --no-deps --no-build-isolation --no-binary :all: \
+    -d "$build_dir" mmcv==2.1.0 >&2
 tar -xzf "$build_dir"/mmcv-2.1.0.tar.gz -C "$build_dir"
 src="$build_dir/mmcv-2.1.0"
 grep -q -- '-std=c++17' "$src/setup.py" || {
