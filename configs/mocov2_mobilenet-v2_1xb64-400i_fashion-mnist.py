@@ -1,19 +1,8 @@
-# MoCo v2 baseline of the Fashion-MNIST ReKD demo: the same student
-# (MobileNetV2 + MoCoV2Neck), queue, momentum, temperature, data,
+# MoCo v2 baseline of the fashion-mnist ReKD demo: same student, data,
 # augmentations, batch and schedule; no teacher and no relation mining.
-_base_ = './rekd_mobilenet-v2-t-resnet18_1xb64-400i_fashion-mnist.py'
+_base_ = [
+    './_base_/models/mocov2_mobilenet-v2_32px.py',
+    './_base_/fashion-mnist_mocov2-32px.py',
+]
 custom_imports = dict(imports=['rekd_mm'], allow_failed_imports=False)
-
-model = dict(
-    _delete_=True,
-    type='MoCo',
-    queue_len={{_base_.model.queue_len}},
-    feat_dim={{_base_.model.feat_dim}},
-    momentum={{_base_.model.momentum}},
-    backbone={{_base_.model.backbone}},
-    neck={{_base_.model.neck}},
-    head=dict(
-        type='ContrastiveHead',
-        loss=dict(type='CrossEntropyLoss'),
-        temperature={{_base_.model.head.temperature}}))
-custom_hooks = [dict(type='LossGuardHook')]
+default_scope = 'mmpretrain'
