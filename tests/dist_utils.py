@@ -5,6 +5,7 @@ Used by every test that must prove state stays equal across ranks.
 """
 import os
 import socket
+import sys
 import tempfile
 from typing import Any, Callable, List
 
@@ -33,8 +34,20 @@ def _worker(rank: int, world_size: int, port: int, fn: Callable,
     try:
         result = fn(rank, world_size, *args)
         torch.save(result, os.path.join(out_dir, f'rank{rank}.pt'))
+        # Tear gloo down only once every rank is done: a rank that destroys
+        # its group while a peer still completes the last collective can
+        # abort that peer ("terminate called without an active exception").
+        # (If a rank raises, spawn terminates the others, so no one waits.)
+        torch_dist.barrier()
     finally:
         torch_dist.destroy_process_group()
+    # Leave without running C++ static destructors: gloo's worker threads
+    # occasionally abort the exiting process ("terminate called without an
+    # active exception", SIGABRT) after all work is done and saved, which
+    # spawn would report as a failure of the test.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def run_distributed(fn: Callable,
