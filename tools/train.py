@@ -29,7 +29,7 @@ from mmengine.utils.dl_utils import TORCH_VERSION
 # torch.load(weights_only=True), which --resume needs under torch>=2.6.
 import rekd_mm  # noqa: F401
 from rekd_mm.utils import (DataPathError, check_data_roots,
-                           setup_cpu_distributed)
+                           setup_cpu_distributed, teardown_cpu_distributed)
 
 
 def parse_args():
@@ -178,7 +178,7 @@ def main():
 
     # Without CUDA: gloo process group, DDP without device_ids, SyncBN->BN.
     # With CUDA this is a no-op and the Runner initialises nccl itself.
-    setup_cpu_distributed(cfg)
+    cpu_distributed = setup_cpu_distributed(cfg)
 
     # build the runner from config
     if 'runner_type' not in cfg:
@@ -191,6 +191,9 @@ def main():
 
     # start training
     runner.train()
+
+    if cpu_distributed:
+        teardown_cpu_distributed()
 
 
 if __name__ == '__main__':

@@ -16,6 +16,7 @@ import datetime
 import logging
 import os
 import subprocess
+import sys
 from typing import Any
 
 import torch
@@ -25,7 +26,9 @@ from mmengine.logging import print_log
 from mmengine.registry import MODEL_WRAPPERS
 from torch.nn.parallel import DistributedDataParallel
 
-__all__ = ['setup_cpu_distributed', 'revert_sync_bn_cfg']
+__all__ = [
+    'setup_cpu_distributed', 'teardown_cpu_distributed', 'revert_sync_bn_cfg'
+]
 
 # Norm layer types that only run on GPUs (torch's and mmcv's SyncBN).
 SYNC_BN_TYPES = ('SyncBN', 'MMSyncBN')
@@ -167,3 +170,22 @@ def setup_cpu_distributed(cfg: Config) -> bool:
                                               DistributedDataParallel):
             cfg.model_wrapper_cfg.setdefault('device_ids', None)
     return True
+
+
+def teardown_cpu_distributed() -> None:
+    """End a process group made by :func:`setup_cpu_distributed` and exit.
+
+    Call it once training has finished and everything is written. Every
+    rank waits for the others, the group is destroyed, logs are flushed and
+    the process exits with status 0 without running C++ static destructors:
+    gloo's worker threads sporadically abort an exiting process ("terminate
+    called without an active exception", SIGABRT) after all work is done,
+    which torchrun would then report as a failed job.
+    """
+    if torch_dist.is_available() and torch_dist.is_initialized():
+        torch_dist.barrier()
+        torch_dist.destroy_process_group()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
