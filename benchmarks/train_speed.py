@@ -88,7 +88,7 @@ PHASE_GROUPS = {
                         'teacher_backward'),
     'momentum updates': ('student_momentum_update',
                          'teacher_momentum_update'),
-    'queue ops': ('queue_read', 'enqueue'),
+    'queue ops': ('queue_read', 'gather_teacher_keys', 'enqueue'),
     'relation mining': ('mining_refresh', 'mining_assign_and_mask'),
     'losses': ('teacher_loss', 'relation_loss', 'parse_losses'),
     'bank update': ('bank_update', ),
@@ -443,16 +443,15 @@ def rekd_step_by_step(model: nn.Module,
         torch.full((k_t.shape[0], ), -1, device=k_t.device)
     timer.lap('labels')
 
-    pos_mask, anchor_assign = None, None
-    if model.miner.is_initialized:
-        with torch.no_grad():
-            if int(model.queue_assign_age) >= model.queue_refresh_interval:
-                model.refresh_queue_assign()
-            timer.lap('mining_refresh')
-            anchor_assign, _ = model.miner.assign(k_t)
-            pos_mask = (anchor_assign[:, None] == model.queue_assign[None])
-            pos_mask &= (anchor_assign >= 0)[:, None]
-        timer.lap('mining_assign_and_mask')
+    with torch.no_grad():
+        all_k_t = torch.cat(all_gather(k_t.float()))
+        center = (all_k_t.mean(0)
+                  if model.mining_center is not None else None)
+    timer.lap('gather_teacher_keys')
+    model.maybe_refresh_queue_assign()
+    timer.lap('mining_refresh')
+    pos_mask, anchor_assign = model.mine_relations(k_t, center)
+    timer.lap('mining_assign_and_mask')
     losses['loss_relation'] = weights['relation'] * model.head.loss(
         q_s, k_s, student_queue, pos_mask)
     timer.lap('relation_loss')
@@ -461,16 +460,12 @@ def rekd_step_by_step(model: nn.Module,
 
     with torch.no_grad():
         all_k_s = torch.cat(all_gather(k_s.float()))
-        all_k_t = torch.cat(all_gather(k_t.float()))
         all_labels = torch.cat(all_gather(labels))
-        all_assign = torch.full_like(all_labels, -1)
-        if model.miner.is_initialized:
-            all_assign, all_sim = model.miner.assign(all_k_t)
-            model.miner.update(all_k_t, all_assign, all_sim)
-            all_assign, _ = model.miner.assign(all_k_t)
-            model.queue_assign_age.add_(1)
+        all_m_t = model.mining_space(all_k_t, center)
+        all_assign = model.update_bank(all_m_t)
         timer.lap('bank_update')
-        model._dequeue_and_enqueue(all_k_s, all_k_t, all_assign, all_labels)
+        model._dequeue_and_enqueue(all_k_s, all_k_t, all_assign, all_labels,
+                                   all_m_t)
     timer.lap('enqueue')
 
     parsed, _ = model.parse_losses(losses)
@@ -743,13 +738,7 @@ def run_miner_only(cfg, args: argparse.Namespace) -> Dict:
         timed('relation_stats',
               lambda: model._relation_stats(mask, assign, labels))
 
-        @torch.no_grad()
-        def bank_update():
-            all_assign, all_sim = model.miner.assign(k_t)
-            model.miner.update(k_t, all_assign, all_sim)
-            return model.miner.assign(k_t)[0]
-
-        all_assign = timed('bank_update', bank_update)
+        all_assign = timed('bank_update', lambda: model.update_bank(k_t))
         timed(
             'enqueue', lambda: model._dequeue_and_enqueue(
                 k_s, k_t, all_assign, labels))

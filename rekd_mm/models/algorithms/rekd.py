@@ -339,6 +339,61 @@ class ReKD(BaseSelfSupervisor):
         self.queue_assign.copy_(torch.where(filled, assign, -1))
         self.queue_assign_age.zero_()
 
+    @torch.no_grad()
+    def maybe_refresh_queue_assign(self) -> None:
+        """Re-assign the queue when its cached assignments are
+        ``queue_refresh_interval`` iterations old."""
+        if (self.miner.is_initialized and int(self.queue_assign_age) >=
+                self.queue_refresh_interval):
+            self.refresh_queue_assign()
+
+    @torch.no_grad()
+    def mine_relations(
+        self,
+        teacher_keys: torch.Tensor,
+        center: Optional[torch.Tensor] = None
+    ) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+        """Connection step between this rank's anchors and the queue.
+
+        Args:
+            teacher_keys (Tensor): ``(N, D)`` unit teacher keys (anchors).
+            center (Tensor, optional): See :meth:`mining_space`.
+
+        Returns:
+            Tuple[Tensor, Tensor]: The ``(N, L)`` bool mask of mined
+            positives and the ``(N,)`` anchor assignments; ``(None, None)``
+            before the bank is initialised.
+        """
+        if not self.miner.is_initialized:
+            return None, None
+        anchor_assign, _ = self.miner.assign(
+            self.mining_space(teacher_keys, center))
+        pos_mask = anchor_assign[:, None] == self.queue_assign[None]
+        pos_mask &= (anchor_assign >= 0)[:, None]
+        return pos_mask, anchor_assign
+
+    @torch.no_grad()
+    def update_bank(self, mining_keys: torch.Tensor) -> torch.Tensor:
+        """Update step on one global batch, identical on every rank.
+
+        Args:
+            mining_keys (Tensor): ``(B, D)`` all-gathered teacher keys in
+                mining space.
+
+        Returns:
+            Tensor: ``(B,)`` their assignments to the updated bank (-1
+            before the bank is initialised), cached with the queue slots.
+        """
+        if not self.miner.is_initialized:
+            return torch.full((mining_keys.shape[0], ),
+                              -1,
+                              dtype=torch.long,
+                              device=mining_keys.device)
+        assign, sim = self.miner.assign(mining_keys)
+        self.miner.update(mining_keys, assign, sim)
+        self.queue_assign_age.add_(1)
+        return self.miner.assign(mining_keys)[0]
+
     def filled_mining_keys(self) -> torch.Tensor:
         """The ``(queue_count, D)`` teacher keys written so far, in mining
         space (what the bank is clustered from)."""
@@ -393,15 +448,8 @@ class ReKD(BaseSelfSupervisor):
             all_k_t = torch.cat(all_gather(k_t.float()))
             center = (all_k_t.mean(0)
                       if self.mining_center is not None else None)
-        pos_mask, anchor_assign = None, None
-        if self.miner.is_initialized:
-            with torch.no_grad():
-                if int(self.queue_assign_age) >= self.queue_refresh_interval:
-                    self.refresh_queue_assign()
-                anchor_assign, _ = self.miner.assign(
-                    self.mining_space(k_t, center))
-                pos_mask = (anchor_assign[:, None] == self.queue_assign[None])
-                pos_mask &= (anchor_assign >= 0)[:, None]
+        self.maybe_refresh_queue_assign()
+        pos_mask, anchor_assign = self.mine_relations(k_t, center)
         losses['loss_relation'] = self.loss_weights[
             'relation'] * self.head.loss(q_s, k_s,
                                          self.queue.clone().detach(),
@@ -421,12 +469,7 @@ class ReKD(BaseSelfSupervisor):
             all_k_s = torch.cat(all_gather(k_s.float()))
             all_labels = torch.cat(all_gather(labels))
             all_m_t = self.mining_space(all_k_t, center)
-            all_assign = torch.full_like(all_labels, -1)
-            if self.miner.is_initialized:
-                all_assign, all_sim = self.miner.assign(all_m_t)
-                self.miner.update(all_m_t, all_assign, all_sim)
-                all_assign, _ = self.miner.assign(all_m_t)
-                self.queue_assign_age.add_(1)
+            all_assign = self.update_bank(all_m_t)
             self._dequeue_and_enqueue(all_k_s, all_k_t, all_assign,
                                       all_labels, all_m_t)
         return losses
