@@ -26,14 +26,16 @@ def train_speed():
     return _load_script('train_speed')
 
 
-def _toy_rekd(train_speed):
+def _toy_rekd(train_speed, center=None):
     from mmengine.config import Config
     from mmengine.registry import init_default_scope
     from mmpretrain.registry import MODELS
     import rekd_mm  # noqa: F401
     init_default_scope('mmpretrain')
     torch.manual_seed(0)
-    model = MODELS.build(toy_model_cfg())
+    model_cfg = toy_model_cfg()
+    model_cfg['miner']['center'] = center
+    model = MODELS.build(model_cfg)
     model.train()
     # Θ = -1: every anchor and slot is assigned, the mining path is active.
     train_speed.prepare_bank(model, threshold=-1.0, seed=0, num_classes=10)
@@ -64,10 +66,12 @@ def test__prepare_bank_activates_the_mining_path(train_speed):
     assert (model.queue_labels >= 0).all()
 
 
-def test__step_by_step_replay_equals_train_step(train_speed):
+@pytest.mark.parametrize('center', [None, 'batch'])
+def test__step_by_step_replay_equals_train_step(train_speed, center):
     """The breakdown re-plays ReKD.loss: same losses, buffers and weights
-    after several steps (one of them refreshing the queue cache)."""
-    model_a, cfg = _toy_rekd(train_speed)
+    after several steps (one of them refreshing the queue cache), in the
+    plain and the batch-centred mining space."""
+    model_a, cfg = _toy_rekd(train_speed, center)
     model_b = copy.deepcopy(model_a)
     optim_a = train_speed.build_optim_wrapper(model_a, cfg, 'cpu')
     optim_b = train_speed.build_optim_wrapper(model_b, cfg, 'cpu')
