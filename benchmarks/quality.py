@@ -479,7 +479,8 @@ def build_markdown(results: Dict) -> str:
         'Relation precision: share of mined positive pairs of the same '
         'class, last logged value (window mean).',
         '',
-        f"Command: `{results['command']}`  ",
+        *[f'Command: `{command}`  '
+          for command in results.get('commands', [results['command']])],
         f"Commit: `{results['git_commit']}`"
         + (' (uncommitted changes)' if results.get('git_dirty') else '')
         + f"; machine: {results['machine']['cpu_model']}, "
@@ -656,6 +657,13 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         default=None,
         help='seconds allowed to each training subprocess (default: none)')
     parser.add_argument(
+        '--append',
+        action='store_true',
+        help='keep the records already in --out (same --iters and --seed '
+        'only) and add this run\'s; a record of the same data set and '
+        'variant is replaced. For variants that need an earlier run\'s '
+        'output, e.g. rekd_offline with the teacher of a finished rekd run')
+    parser.add_argument(
         '--dry-run',
         action='store_true',
         help='print the planned training commands and exit')
@@ -727,6 +735,36 @@ def _plan(args) -> List[Dict]:
                     probe_options=data_opts['probe'] +
                     list(args.probe_cfg_options)))
     return plan
+
+
+def _merge_previous(results: Dict, out: str, plan: List[Dict]) -> None:
+    """``--append``: carry the records of an earlier run of the same budget.
+
+    Raises:
+        ValueError: When ``out`` was written with other ``--iters`` or
+            ``--seed`` (the table compares runs at equal budget only).
+    """
+    with open(out) as f:
+        previous = json.load(f)
+    for key in ('iters', 'seed'):
+        old, new = previous['settings'][key], results['settings'][key]
+        if old != new:
+            raise ValueError(
+                f'--append: {out} holds runs with --{key} {old}, this run '
+                f'has --{key} {new}; the table compares equal budgets only '
+                '(write to another --out)')
+    replaced = {(item['dataset'], item['spec']['name']) for item in plan}
+    results['records'] = [
+        rec for rec in previous['records']
+        if (rec['dataset'], rec['variant']) not in replaced
+    ]
+    results['commands'] = previous.get(
+        'commands', [previous['command']]) + results['commands']
+    results['previous_wall_s'] = previous.get('total_wall_s', 0.)
+    for key in ('datasets', 'variants'):
+        results['settings'][key] = list(
+            dict.fromkeys(previous['settings'][key] +
+                          results['settings'][key]))
 
 
 def _run_one(item: Dict, args) -> Dict:
@@ -845,6 +883,12 @@ def main(argv: Optional[List[str]] = None) -> Dict:
             probe_cfg_options=args.probe_cfg_options,
             work_root=osp.abspath(args.work_root)),
         records=[])
+    results['commands'] = [results['command']]
+    if args.append and osp.isfile(out):
+        try:
+            _merge_previous(results, out, plan)
+        except ValueError as err:
+            sys.exit(f'benchmarks/quality.py: {err}')
     start = time.perf_counter()
     paths = {}
     for item in plan:
@@ -858,7 +902,8 @@ def main(argv: Optional[List[str]] = None) -> Dict:
             base = baselines.get(r['dataset'])
             r['delta_vs_mocov2'] = None if base is None else (
                 r['student_knn_top1'] - base)
-        results['total_wall_s'] = time.perf_counter() - start
+        results['total_wall_s'] = results.get('previous_wall_s', 0.) + (
+            time.perf_counter() - start)
         # Rewritten after every run: a long benchmark keeps what it did.
         paths = _write(results, out)
     print(build_markdown(results))

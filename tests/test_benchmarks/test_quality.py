@@ -159,3 +159,50 @@ def test__end_to_end_on_fashion_mnist(tmp_path):
     assert png.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
     assert str(png) in proc.stdout and '| fashion-mnist | rekd |' in \
         proc.stdout
+
+    # --append: an offline variant whose teacher is the rekd run's, added
+    # to the same table; the earlier records stay as they were.
+    first = results
+    cmd_append = cmd[:cmd.index('--variants') + 1] + ['rekd_offline'] + cmd[
+        cmd.index('--iters'):] + [
+            '--append', '--offline-teacher', records['rekd']['checkpoint'],
+            '--offline-teacher-prefix', 'teacher.'
+        ]
+    cmd_append[cmd_append.index('--probe-variants') + 1] = 'rekd_offline'
+    proc = subprocess.run(
+        cmd_append,
+        cwd=REPO_ROOT,
+        env=dict(os.environ, OMP_NUM_THREADS='1'),
+        capture_output=True,
+        text=True,
+        timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    results = json.loads(out.read_text())
+    assert [r['variant'] for r in results['records']] == VARIANTS + [
+        'rekd_offline'
+    ]
+    assert results['records'][:3] == first['records']
+    assert results['commands'] == [first['command'], results['command']]
+    assert '--append' in results['command']
+    offline = results['records'][3]
+    assert 'model.teacher_pretrained.prefix=teacher.' in offline['cfg_options']
+    assert offline['delta_vs_mocov2'] == pytest.approx(
+        offline['student_knn_top1'] - records['mocov2']['student_knn_top1'])
+    md = out.with_suffix('.md').read_text()
+    assert '| fashion-mnist | rekd_offline |' in md
+    assert md.count('Command: `') == 2
+
+    # Another budget is refused before anything trains.
+    cmd_other = list(cmd_append)
+    cmd_other[cmd_other.index('--iters') + 1] = str(ITERS + 1)
+    proc = subprocess.run(
+        cmd_other,
+        cwd=REPO_ROOT,
+        env=dict(os.environ, OMP_NUM_THREADS='1'),
+        capture_output=True,
+        text=True,
+        timeout=120)
+    assert proc.returncode != 0
+    assert f'--iters {ITERS}' in proc.stderr and 'equal budgets' in \
+        proc.stderr
+    assert json.loads(out.read_text()) == results
