@@ -3,7 +3,7 @@ from .checkpoint import (PretrainedMismatchError, PrefixMatch,
                          describe_mismatch, load_prefixed_weights,
                          load_state_dict_file, match_prefixed_state,
                          register_checkpoint_safe_globals)
-from .dist import (revert_sync_bn_cfg, setup_cpu_distributed,
+from .dist import (CPUDistributedDataParallel, revert_sync_bn_cfg, setup_cpu_distributed,
                    teardown_cpu_distributed)
 from .preflight import DataPathError, check_data_roots
 
@@ -12,5 +12,5 @@ __all__ = [
     'load_prefixed_weights', 'load_state_dict_file', 'match_prefixed_state',
     'register_checkpoint_safe_globals', 'revert_sync_bn_cfg',
     'setup_cpu_distributed', 'teardown_cpu_distributed', 'DataPathError',
-    'check_data_roots'
+    'check_data_roots', 'CPUDistributedDataParallel'
 ]

@@ -23,11 +23,14 @@ import torch
 import torch.distributed as torch_dist
 from mmengine.config import Config
 from mmengine.logging import print_log
+from mmengine.model import MMDistributedDataParallel, revert_sync_batchnorm
 from mmengine.registry import MODEL_WRAPPERS
+from mmpretrain.registry import MODEL_WRAPPERS as MMPRETRAIN_MODEL_WRAPPERS
 from torch.nn.parallel import DistributedDataParallel
 
 __all__ = [
-    'setup_cpu_distributed', 'teardown_cpu_distributed', 'revert_sync_bn_cfg'
+    'setup_cpu_distributed', 'teardown_cpu_distributed', 'revert_sync_bn_cfg',
+    'CPUDistributedDataParallel'
 ]
 
 # Norm layer types that only run on GPUs (torch's and mmcv's SyncBN).
@@ -89,6 +92,24 @@ def _set_env_from_launcher(launcher: str) -> None:
             ' or use --launcher none for a single process.')
 
 
+@MMPRETRAIN_MODEL_WRAPPERS.register_module()
+class CPUDistributedDataParallel(MMDistributedDataParallel):
+    """mmengine's DDP wrapper for CPU (gloo) processes.
+
+    Rewriting the config's SyncBN entries (:func:`revert_sync_bn_cfg`) misses
+    the ones a module picks by default (mmpretrain's ``NonLinearNeck`` and
+    ``MoCoV3``'s projectors default to ``norm_cfg=dict(type='SyncBN')``), and
+    torch's DDP refuses ``SyncBatchNorm`` on CPU. mmengine's Runner only
+    reverts such layers when it is *not* distributed, so this wrapper does it
+    for the CPU-distributed case, before DDP sees the module.
+    """
+
+    def __init__(self, module: torch.nn.Module, **kwargs) -> None:
+        module = revert_sync_batchnorm(module)
+        kwargs.setdefault('device_ids', None)
+        super().__init__(module=module, **kwargs)
+
+
 def setup_cpu_distributed(cfg: Config) -> bool:
     """Make ``cfg.launcher`` work on a machine without CUDA.
 
@@ -101,9 +122,10 @@ def setup_cpu_distributed(cfg: Config) -> bool:
     - ``cfg.env_cfg.dist_cfg.backend`` becomes ``'gloo'`` (``'mpi'`` is
       kept), and the gloo process group is initialised here, so the Runner
       skips its CUDA-only ``init_dist``.
-    - ``cfg.model_wrapper_cfg`` is set to ``MMDistributedDataParallel``
-      with ``device_ids=None`` unless the config already has one (a DDP
-      wrapper of the config gets ``device_ids=None`` when it sets none).
+    - ``cfg.model_wrapper_cfg`` is set to :class:`CPUDistributedDataParallel`
+      (which also reverts SyncBN layers that modules create by default)
+      unless the config already has one (a DDP wrapper of the config gets
+      ``device_ids=None`` when it sets none).
 
     Args:
         cfg (Config): The merged config, with ``launcher`` set. Modified in
@@ -157,7 +179,9 @@ def setup_cpu_distributed(cfg: Config) -> bool:
 
     if cfg.get('model_wrapper_cfg') is None:
         cfg.model_wrapper_cfg = dict(
-            type='MMDistributedDataParallel',
+            # Scoped: the Runner looks wrappers up in mmengine's root
+            # registry, and this one lives in mmpretrain's.
+            type='mmpretrain.CPUDistributedDataParallel',
             device_ids=None,
             broadcast_buffers=False,
             find_unused_parameters=cfg.get('find_unused_parameters', False))

@@ -211,6 +211,40 @@ def test_setup_cpu_distributed_leaves_single_process_alone():
     assert cfg.get('model_wrapper_cfg') is None
 
 
+def test_cpu_ddp_wrapper_reverts_default_sync_bn():
+    # NonLinearNeck's default norm_cfg is SyncBN: the config rewrite cannot
+    # see it, and torch's DDP refuses SyncBatchNorm on CPU.
+    from mmpretrain.registry import MODEL_WRAPPERS, MODELS
+    import torch.distributed as torch_dist
+    from rekd_mm.utils import CPUDistributedDataParallel
+    neck = MODELS.build(
+        dict(
+            type='NonLinearNeck',
+            in_channels=8,
+            hid_channels=8,
+            out_channels=4,
+            with_avg_pool=True))
+    assert any(
+        isinstance(m, torch.nn.SyncBatchNorm) for m in neck.modules())
+    torch_dist.init_process_group(
+        'gloo', init_method='tcp://127.0.0.1:29631', rank=0, world_size=1)
+    try:
+        wrapped = MODEL_WRAPPERS.build(
+            dict(type='CPUDistributedDataParallel', module=neck))
+        assert isinstance(wrapped, CPUDistributedDataParallel)
+        assert wrapped.device_ids is None
+        norms = [
+            m for m in wrapped.module.modules()
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+        ]
+        assert len(norms) == 2 and not any(
+            isinstance(m, torch.nn.SyncBatchNorm) for m in norms)
+        out = wrapped([torch.randn(4, 8, 2, 2)])[0]
+        assert out.shape == (4, 4)
+    finally:
+        torch_dist.destroy_process_group()
+
+
 def test_cpu_ddp_two_processes_train_and_checkpoint(tmp_path):
     work_dir = tmp_path / 'work'
     result = _run([
