@@ -737,8 +737,11 @@ def _plan(args) -> List[Dict]:
     return plan
 
 
-def _merge_previous(results: Dict, out: str, plan: List[Dict]) -> None:
+def _merge_previous(results: Dict, out: str, plan: List[Dict]) -> float:
     """``--append``: carry the records of an earlier run of the same budget.
+
+    Returns:
+        float: The earlier run's ``total_wall_s``.
 
     Raises:
         ValueError: When ``out`` was written with other ``--iters`` or
@@ -760,11 +763,11 @@ def _merge_previous(results: Dict, out: str, plan: List[Dict]) -> None:
     ]
     results['commands'] = previous.get(
         'commands', [previous['command']]) + results['commands']
-    results['previous_wall_s'] = previous.get('total_wall_s', 0.)
     for key in ('datasets', 'variants'):
         results['settings'][key] = list(
             dict.fromkeys(previous['settings'][key] +
                           results['settings'][key]))
+    return previous.get('total_wall_s', 0.)
 
 
 def _run_one(item: Dict, args) -> Dict:
@@ -884,12 +887,13 @@ def main(argv: Optional[List[str]] = None) -> Dict:
             work_root=osp.abspath(args.work_root)),
         records=[])
     results['commands'] = [results['command']]
+    previous_wall_s = 0.
     if args.append and osp.isfile(out):
         try:
-            _merge_previous(results, out, plan)
+            previous_wall_s = _merge_previous(results, out, plan)
         except ValueError as err:
             sys.exit(f'benchmarks/quality.py: {err}')
-    start = time.perf_counter()
+    start = time.perf_counter() - previous_wall_s
     paths = {}
     for item in plan:
         results['records'].append(_run_one(item, args))
@@ -902,8 +906,7 @@ def main(argv: Optional[List[str]] = None) -> Dict:
             base = baselines.get(r['dataset'])
             r['delta_vs_mocov2'] = None if base is None else (
                 r['student_knn_top1'] - base)
-        results['total_wall_s'] = results.get('previous_wall_s', 0.) + (
-            time.perf_counter() - start)
+        results['total_wall_s'] = time.perf_counter() - start
         # Rewritten after every run: a long benchmark keeps what it did.
         paths = _write(results, out)
     print(build_markdown(results))

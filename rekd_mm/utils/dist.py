@@ -105,9 +105,7 @@ class CPUDistributedDataParallel(MMDistributedDataParallel):
     """
 
     def __init__(self, module: torch.nn.Module, **kwargs) -> None:
-        module = revert_sync_batchnorm(module)
-        kwargs.setdefault('device_ids', None)
-        super().__init__(module=module, **kwargs)
+        super().__init__(module=revert_sync_batchnorm(module), **kwargs)
 
 
 def setup_cpu_distributed(cfg: Config) -> bool:

@@ -31,6 +31,16 @@ def quality():
     return module
 
 
+def _run_quality(cmd, timeout):
+    return subprocess.run(
+        cmd,
+        cwd=REPO_ROOT,
+        env=dict(os.environ, OMP_NUM_THREADS='1'),
+        capture_output=True,
+        text=True,
+        timeout=timeout)
+
+
 def test__variant_names_map_to_overrides(quality):
     spec = quality.parse_variant('rekd_k50_theta0.7')
     assert (spec['algorithm'], spec['num_prototypes'],
@@ -86,13 +96,7 @@ def test__end_to_end_on_fashion_mnist(tmp_path):
         'train_dataloader.persistent_workers=False',
         'val_dataloader.persistent_workers=False'
     ]
-    proc = subprocess.run(
-        cmd,
-        cwd=REPO_ROOT,
-        env=dict(os.environ, OMP_NUM_THREADS='1'),
-        capture_output=True,
-        text=True,
-        timeout=300)
+    proc = _run_quality(cmd, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
     results = json.loads(out.read_text())
@@ -169,13 +173,7 @@ def test__end_to_end_on_fashion_mnist(tmp_path):
             '--offline-teacher-prefix', 'teacher.'
         ]
     cmd_append[cmd_append.index('--probe-variants') + 1] = 'rekd_offline'
-    proc = subprocess.run(
-        cmd_append,
-        cwd=REPO_ROOT,
-        env=dict(os.environ, OMP_NUM_THREADS='1'),
-        capture_output=True,
-        text=True,
-        timeout=300)
+    proc = _run_quality(cmd_append, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     results = json.loads(out.read_text())
     assert [r['variant'] for r in results['records']] == VARIANTS + [
@@ -195,13 +193,7 @@ def test__end_to_end_on_fashion_mnist(tmp_path):
     # Another budget is refused before anything trains.
     cmd_other = list(cmd_append)
     cmd_other[cmd_other.index('--iters') + 1] = str(ITERS + 1)
-    proc = subprocess.run(
-        cmd_other,
-        cwd=REPO_ROOT,
-        env=dict(os.environ, OMP_NUM_THREADS='1'),
-        capture_output=True,
-        text=True,
-        timeout=120)
+    proc = _run_quality(cmd_other, timeout=120)
     assert proc.returncode != 0
     assert f'--iters {ITERS}' in proc.stderr and 'equal budgets' in \
         proc.stderr

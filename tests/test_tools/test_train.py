@@ -12,10 +12,13 @@ import sys
 
 import pytest
 import torch
+import torch.distributed as torch_dist
 from mmengine.config import Config
+from mmpretrain.registry import MODEL_WRAPPERS, MODELS
 
 import rekd_mm  # noqa: F401  (checkpoint safe globals for torch.load)
-from rekd_mm.utils import (DataPathError, check_data_roots, revert_sync_bn_cfg,
+from rekd_mm.utils import (CPUDistributedDataParallel, DataPathError,
+                           check_data_roots, revert_sync_bn_cfg,
                            setup_cpu_distributed)
 from rekd_mm.utils.preflight import default_dataloader_keys
 
@@ -214,9 +217,6 @@ def test_setup_cpu_distributed_leaves_single_process_alone():
 def test_cpu_ddp_wrapper_reverts_default_sync_bn():
     # NonLinearNeck's default norm_cfg is SyncBN: the config rewrite cannot
     # see it, and torch's DDP refuses SyncBatchNorm on CPU.
-    from mmpretrain.registry import MODEL_WRAPPERS, MODELS
-    import torch.distributed as torch_dist
-    from rekd_mm.utils import CPUDistributedDataParallel
     neck = MODELS.build(
         dict(
             type='NonLinearNeck',
