@@ -76,25 +76,56 @@ __all__ = [
 REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 TRAIN_SCRIPT = osp.join(REPO_ROOT, 'tools', 'train.py')
 
-# The paired demo configs (same student, data, augmentations, batch and
-# schedule) and the student's linear-probe config, per data set.
-DATASETS = {
-    'fashion-mnist':
-    dict(
-        mocov2='configs/mocov2_mobilenet-v2_1xb64-400i_fashion-mnist.py',
-        rekd='configs/'
-        'rekd_mobilenet-v2-t-resnet18_1xb64-400i_fashion-mnist.py',
-        probe='configs/benchmarks/linear_probe/'
-        'mobilenet-v2_1xb256-linear-coslr-10e_fashion-mnist.py',
-        data_root='data/fashion_mnist'),
-    'cifar10':
-    dict(
-        mocov2='configs/mocov2_mobilenet-v2_1xb64-400i_cifar10.py',
-        rekd='configs/rekd_mobilenet-v2-t-resnet18_1xb64-400i_cifar10.py',
-        probe='configs/benchmarks/linear_probe/'
-        'mobilenet-v2_1xb256-linear-coslr-10e_cifar10-32px.py',
-        data_root='../shared/data/cifar10'),
+# The paired configs of each regime (same student, data, augmentations, batch
+# and schedule) and the student's linear-probe config, per data set.
+# ``demo``: the CPU demos (stride-32 MobileNetV2: 1 x 1 last map at 32 px);
+# ``small``: the small-image regime (stride-1 stems, docs/quality.md).
+REGIMES = {
+    'demo':
+    dict({
+        'fashion-mnist':
+        dict(
+            mocov2='configs/mocov2_mobilenet-v2_1xb64-400i_fashion-mnist.py',
+            rekd='configs/'
+            'rekd_mobilenet-v2-t-resnet18_1xb64-400i_fashion-mnist.py',
+            probe='configs/benchmarks/linear_probe/'
+            'mobilenet-v2_1xb256-linear-coslr-10e_fashion-mnist.py',
+            probe_options=[],
+            data_root='data/fashion_mnist'),
+        'cifar10':
+        dict(
+            mocov2='configs/mocov2_mobilenet-v2_1xb64-400i_cifar10.py',
+            rekd='configs/'
+            'rekd_mobilenet-v2-t-resnet18_1xb64-400i_cifar10.py',
+            probe='configs/benchmarks/linear_probe/'
+            'mobilenet-v2_1xb256-linear-coslr-10e_cifar10-32px.py',
+            probe_options=[],
+            data_root='../shared/data/cifar10'),
+    }),
+    'small':
+    dict({
+        'fashion-mnist':
+        dict(
+            mocov2='configs/'
+            'mocov2_mobilenet-v2-cifar_1xb64-2ki_fashion-mnist.py',
+            rekd='configs/rekd_mobilenet-v2-cifar-t-resnet18-cifar_'
+            '1xb64-2ki_fashion-mnist.py',
+            probe='configs/benchmarks/linear_probe/'
+            'mobilenet-v2_1xb256-linear-coslr-10e_fashion-mnist.py',
+            probe_options=['model.backbone.type=MobileNetV2_CIFAR'],
+            data_root='data/fashion_mnist'),
+        'cifar10':
+        dict(
+            mocov2='configs/mocov2_mobilenet-v2-cifar_1xb64-2ki_cifar10.py',
+            rekd='configs/rekd_mobilenet-v2-cifar-t-resnet18-cifar_'
+            '1xb64-2ki_cifar10.py',
+            probe='configs/benchmarks/linear_probe/'
+            'mobilenet-v2_1xb256-linear-coslr-10e_cifar10-32px.py',
+            probe_options=['model.backbone.type=MobileNetV2_CIFAR'],
+            data_root='../shared/data/cifar10'),
+    }),
 }
+DATASETS = REGIMES['small']
 
 # Statistics that ReKD logs every iteration (see ReKD._relation_stats).
 RELATION_KEYS = ('relation_precision', 'proto_in_use',
@@ -563,6 +594,12 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         choices=sorted(DATASETS),
         default=['fashion-mnist', 'cifar10'])
     parser.add_argument(
+        '--regime',
+        choices=sorted(REGIMES),
+        default='small',
+        help="the paired configs: 'small' (stride-1 stems, the quality "
+        "regime) or 'demo' (the CPU demos)")
+    parser.add_argument(
         '--variants',
         nargs='+',
         default=['mocov2', 'rekd'],
@@ -699,7 +736,7 @@ def _plan(args) -> List[Dict]:
     plan = []
     for dataset in args.datasets:
         _check_data(dataset, args.cifar_root)
-        paths = DATASETS[dataset]
+        paths = REGIMES[args.regime][dataset]
         data_opts = _dataset_options(dataset, args.cifar_root)
         hook_index = _miner_hook_index(paths['rekd'])
         for spec in args.specs:
@@ -732,8 +769,8 @@ def _plan(args) -> List[Dict]:
                     options=options,
                     work_dir=work_dir,
                     probe_config=paths['probe'],
-                    probe_options=data_opts['probe'] +
-                    list(args.probe_cfg_options)))
+                    probe_options=paths['probe_options'] +
+                    data_opts['probe'] + list(args.probe_cfg_options)))
     return plan
 
 
@@ -872,6 +909,7 @@ def main(argv: Optional[List[str]] = None) -> Dict:
         settings=dict(
             datasets=args.datasets,
             variants=args.variants,
+            regime=args.regime,
             iters=args.iters,
             seed=args.seed,
             threads=args.threads,

@@ -23,6 +23,7 @@ def toy_model_cfg(feat_dim: int = 16,
                   queue_len: int = 64,
                   num_prototypes: int = 4,
                   threshold: float = 0.0,
+                  max_positives=None,
                   **overrides) -> dict:
     """A tiny ReKD model config.
 
@@ -32,6 +33,7 @@ def toy_model_cfg(feat_dim: int = 16,
         num_prototypes (int): K. Defaults to 4.
         threshold (float): Θ. Defaults to 0.0, which keeps relations mined
             with the untrained toy teacher.
+        max_positives (int, optional): ``miner.max_positives`` when given.
         **overrides: Replace top-level keys of the model config.
 
     Returns:
@@ -72,6 +74,8 @@ def toy_model_cfg(feat_dim: int = 16,
             threshold=threshold,
             momentum=0.9,
             queue_refresh_interval=2))
+    if max_positives is not None:
+        cfg['miner']['max_positives'] = max_positives
     cfg.update(copy.deepcopy(overrides))
     return cfg
 

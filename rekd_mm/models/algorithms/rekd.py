@@ -60,7 +60,9 @@ class ReKD(BaseSelfSupervisor):
             the demo, see docs/performance.md). Defaults to
             ``dict(num_prototypes=1000)``. ``center`` (None or ``'batch'``,
             default None) mines in a batch-centred teacher space, see
-            :meth:`mining_space`.
+            :meth:`mining_space`. ``max_positives`` (int or None, default
+            None): keep at most this many mined positives per anchor, the
+            most similar to it in the mining space.
         queue_len (int): Length L of both queues. Must be a multiple of the
             global batch size. Defaults to 65536.
         feat_dim (int): Output dimension D of both necks. Defaults to 128.
@@ -80,10 +82,21 @@ class ReKD(BaseSelfSupervisor):
             ReKD one; defaults to ``''``) and ``frozen`` (defaults to True:
             no teacher loss and no teacher update). Loaded with
             ``weights_only=True``. Defaults to None (online teacher).
+        relation_source (str): Where the student's extra positives come
+            from: ``'miner'`` (the method) or ``'oracle_labels'``, same true
+            class (an analysis upper bound that TRAINS WITH LABELS; never a
+            default). The oracle follows the miner's schedule: it acts only
+            once the bank is initialised. Defaults to ``'miner'``.
+        relation_warmup_iters (int): The mined positives' share of the
+            student's positive weight ramps linearly from 0 to its full value
+            over this many iterations after the bank's first clustering (see
+            ``RelationContrastiveHead``). Defaults to 0 (no warm-up).
         data_preprocessor (dict, optional): Defaults to
             ``SelfSupDataPreprocessor``.
         init_cfg (dict or list[dict], optional): Initialisation config.
     """
+
+    RELATION_SOURCES = ('miner', 'oracle_labels')
 
     def __init__(self,
                  backbone: dict,
@@ -99,6 +112,8 @@ class ReKD(BaseSelfSupervisor):
                  teacher_momentum: Optional[float] = None,
                  loss_weights: Optional[dict] = None,
                  teacher_pretrained: Optional[dict] = None,
+                 relation_source: str = 'miner',
+                 relation_warmup_iters: int = 0,
                  data_preprocessor: Optional[dict] = None,
                  init_cfg: Optional[Union[List[dict], dict]] = None) -> None:
         for name, cfg in (('neck', neck), ('teacher_neck', teacher_neck)):
@@ -150,7 +165,24 @@ class ReKD(BaseSelfSupervisor):
                 nn.Sequential(self.teacher.backbone, self.teacher.neck),
                 momentum if teacher_momentum is None else teacher_momentum)
 
+        if relation_source not in self.RELATION_SOURCES:
+            raise ValueError(f'model.relation_source must be one of '
+                             f'{self.RELATION_SOURCES}, got '
+                             f'{relation_source!r}')
+        self.relation_source = relation_source
+        if int(relation_warmup_iters) != relation_warmup_iters or \
+                relation_warmup_iters < 0:
+            raise ValueError('model.relation_warmup_iters must be an integer '
+                             f'>= 0, got {relation_warmup_iters!r}')
+        self.relation_warmup_iters = int(relation_warmup_iters)
+
         miner = dict(num_prototypes=1000) if miner is None else dict(miner)
+        self.max_positives = miner.pop('max_positives', None)
+        if self.max_positives is not None and (
+                int(self.max_positives) != self.max_positives
+                or self.max_positives < 1):
+            raise ValueError('model.miner.max_positives must be None or an '
+                             f'integer >= 1, got {self.max_positives!r}')
         self.queue_refresh_interval = int(
             miner.pop('queue_refresh_interval', 10))
         self.mining_center = miner.pop('center', None)
@@ -182,6 +214,10 @@ class ReKD(BaseSelfSupervisor):
         # Iterations since the queue's assignments were last fully refreshed.
         self.register_buffer('queue_assign_age',
                              torch.zeros((), dtype=torch.long))
+        # Iterations trained with an initialised bank (the relation warm-up's
+        # clock; checkpointed so that a resumed run ramps the same way).
+        self.register_buffer('mining_steps', torch.zeros((),
+                                                         dtype=torch.long))
         if self.mining_center is not None:
             # Index-aligned mining-space copy of the teacher queue: each key
             # centred on the mean of its own global batch, re-normalised.
@@ -351,26 +387,80 @@ class ReKD(BaseSelfSupervisor):
     def mine_relations(
         self,
         teacher_keys: torch.Tensor,
-        center: Optional[torch.Tensor] = None
+        center: Optional[torch.Tensor] = None,
+        labels: Optional[torch.Tensor] = None
     ) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
         """Connection step between this rank's anchors and the queue.
+
+        Anchor ``i`` and slot ``j`` are positive when both are assigned to
+        the same prototype (``relation_source='miner'``) or, for the oracle,
+        when their true labels agree. With ``miner.max_positives`` only the
+        positives most similar to the anchor in the mining space are kept.
 
         Args:
             teacher_keys (Tensor): ``(N, D)`` unit teacher keys (anchors).
             center (Tensor, optional): See :meth:`mining_space`.
+            labels (Tensor, optional): ``(N,)`` true labels of the anchors
+                (-1 unknown); required by the oracle only.
 
         Returns:
-            Tuple[Tensor, Tensor]: The ``(N, L)`` bool mask of mined
-            positives and the ``(N,)`` anchor assignments; ``(None, None)``
-            before the bank is initialised.
+            Tuple[Tensor, Tensor]: The ``(N, L)`` bool mask of positives and
+            the ``(N,)`` anchor assignments; ``(None, None)`` before the bank
+            is initialised.
         """
         if not self.miner.is_initialized:
             return None, None
-        anchor_assign, _ = self.miner.assign(
-            self.mining_space(teacher_keys, center))
-        pos_mask = anchor_assign[:, None] == self.queue_assign[None]
-        pos_mask &= (anchor_assign >= 0)[:, None]
+        anchors = self.mining_space(teacher_keys, center)
+        anchor_assign, _ = self.miner.assign(anchors)
+        if self.relation_source == 'oracle_labels':
+            pos_mask = self.oracle_relations(labels)
+        else:
+            pos_mask = anchor_assign[:, None] == self.queue_assign[None]
+            pos_mask &= (anchor_assign >= 0)[:, None]
+        if self.max_positives is not None:
+            pos_mask = self.cap_positives(pos_mask,
+                                          anchors @ self._mining_queue())
         return pos_mask, anchor_assign
+
+    def oracle_relations(self, labels: Optional[torch.Tensor]) -> torch.Tensor:
+        """Analysis only: the ``(N, L)`` mask of queue slots whose true
+        label equals the anchor's (``relation_source='oracle_labels'``)."""
+        if labels is None or bool((labels < 0).any()):
+            raise ValueError(
+                "model.relation_source='oracle_labels' takes the student's "
+                'positives from the true labels, but this batch has samples '
+                'without gt_label: use a labelled training set (or '
+                "relation_source='miner').")
+        # Unwritten slots carry -1 and so never match a real label.
+        return labels[:, None] == self.queue_labels[None]
+
+    def cap_positives(self, pos_mask: torch.Tensor,
+                      similarity: torch.Tensor) -> torch.Tensor:
+        """Keep at most ``max_positives`` positives per anchor, the most
+        similar ones.
+
+        Args:
+            pos_mask (Tensor): ``(N, L)`` bool mask of positives.
+            similarity (Tensor): ``(N, L)`` anchor-slot similarities.
+
+        Returns:
+            Tensor: The ``(N, L)`` capped mask (a subset of ``pos_mask``).
+        """
+        k = min(int(self.max_positives), pos_mask.shape[1])
+        masked = similarity.float().masked_fill(~pos_mask, float('-inf'))
+        top_sim, top_idx = masked.topk(k, dim=1)
+        keep = torch.zeros_like(pos_mask)
+        # Rows with fewer than k positives pick some -inf slots: drop them.
+        keep.scatter_(1, top_idx, top_sim > float('-inf'))
+        return keep
+
+    def relation_scale(self) -> torch.Tensor:
+        """The warm-up factor of the mined positives' weight, in [0, 1]
+        (a tensor: no host synchronisation)."""
+        if self.relation_warmup_iters == 0:
+            return torch.ones((), device=self.mining_steps.device)
+        return (self.mining_steps.float() /
+                self.relation_warmup_iters).clamp(max=1.0)
 
     @torch.no_grad()
     def update_bank(self, mining_keys: torch.Tensor) -> torch.Tensor:
@@ -392,6 +482,7 @@ class ReKD(BaseSelfSupervisor):
         assign, sim = self.miner.assign(mining_keys)
         self.miner.update(mining_keys, assign, sim)
         self.queue_assign_age.add_(1)
+        self.mining_steps.add_(1)
         return self.miner.assign(mining_keys)[0]
 
     def filled_mining_keys(self) -> torch.Tensor:
@@ -449,11 +540,15 @@ class ReKD(BaseSelfSupervisor):
             center = (all_k_t.mean(0)
                       if self.mining_center is not None else None)
         self.maybe_refresh_queue_assign()
-        pos_mask, anchor_assign = self.mine_relations(k_t, center)
+        pos_mask, anchor_assign = self.mine_relations(k_t, center, labels)
+        relation_scale = self.relation_scale()
         losses['loss_relation'] = self.loss_weights[
-            'relation'] * self.head.loss(q_s, k_s,
-                                         self.queue.clone().detach(),
-                                         pos_mask)
+            'relation'] * self.head.loss(
+                q_s,
+                k_s,
+                self.queue.clone().detach(),
+                pos_mask,
+                mined_scale=relation_scale)
         if self.loss_weights['kd'] > 0:
             if q_t is None:
                 with torch.no_grad():
@@ -462,6 +557,8 @@ class ReKD(BaseSelfSupervisor):
             losses['loss_kd'] = self.loss_weights['kd'] * (2 - 2 * cos).mean()
 
         losses.update(self._relation_stats(pos_mask, anchor_assign, labels))
+        losses['relation_scale'] = relation_scale if pos_mask is not None \
+            else relation_scale.new_zeros(())
 
         # Update step and enqueue, on keys gathered from every rank so that
         # the bank and both queues stay identical across ranks.
@@ -480,11 +577,15 @@ class ReKD(BaseSelfSupervisor):
                         labels: torch.Tensor) -> Dict[str, torch.Tensor]:
         """Statistics of the mined relations (logged, not summed)."""
         zero = labels.new_zeros((), dtype=torch.float)
+        # Every key in every log entry (log parsers such as mmpretrain's
+        # analyze_logs need a value per entry): zeros before the bank exists;
+        # the precision is NaN ("no value") when no labelled pair was mined.
         if pos_mask is None:
             return dict(
                 proto_assigned_ratio=zero,
                 relation_pos_per_anchor=zero,
-                proto_in_use=zero)
+                proto_in_use=zero,
+                relation_precision=zero + float('nan'))
         stats = dict(
             proto_assigned_ratio=(anchor_assign >= 0).float().mean(),
             relation_pos_per_anchor=pos_mask.sum(1).float().mean(),
@@ -494,8 +595,7 @@ class ReKD(BaseSelfSupervisor):
         # counted only where both labels are known.
         known = (labels >= 0)[:, None] & (self.queue_labels >= 0)[None]
         pairs = pos_mask & known
-        num_pairs = pairs.sum()
-        if int(num_pairs) > 0:
-            agree = pairs & (labels[:, None] == self.queue_labels[None])
-            stats['relation_precision'] = agree.sum().float() / num_pairs
+        agree = pairs & (labels[:, None] == self.queue_labels[None])
+        # 0 / 0 = NaN without a labelled pair; no host synchronisation.
+        stats['relation_precision'] = agree.sum().float() / pairs.sum()
         return stats

@@ -1,6 +1,9 @@
-# Copyright (c) OpenMMLab. All rights reserved.
+# Copyright (c) rekd_mm contributors. All rights reserved.
+import math
+
 import pytest
 import torch
+import torch.nn.functional as F
 from mmengine.registry import init_default_scope
 
 from mmpretrain.models.heads import ContrastiveHead
@@ -34,10 +37,10 @@ def _spy_head(model):
     calls = []
     original = model.head.loss
 
-    def spy(query, key, queue, pos_mask=None):
+    def spy(query, key, queue, pos_mask=None, mined_scale=1.0):
         calls.append(dict(query=query.detach(), key=key, queue=queue,
-                          pos_mask=pos_mask))
-        return original(query, key, queue, pos_mask)
+                          pos_mask=pos_mask, mined_scale=mined_scale))
+        return original(query, key, queue, pos_mask, mined_scale)
 
     model.head.loss = spy
     return calls
@@ -84,7 +87,8 @@ def test__before_bank_init_relation_loss_is_infonce():
     for stat in ('proto_assigned_ratio', 'relation_pos_per_anchor',
                  'proto_in_use'):
         assert losses[stat].item() == 0
-    assert 'relation_precision' not in losses
+    # Present in every log entry, NaN ("no value") before the bank exists.
+    assert math.isnan(losses['relation_precision'].item())
 
 
 def test__relation_loss_and_gradients_after_bank_init():
@@ -213,10 +217,10 @@ def test__relation_precision_needs_labels():
 
     unlabelled = model.loss(*_batch(seed=2, labels=False))
     assert unlabelled['relation_pos_per_anchor'] > 0
-    assert 'relation_precision' not in unlabelled
+    assert math.isnan(unlabelled['relation_precision'].item())
 
     # Labelled anchors against a still unlabelled queue: nothing to count.
-    assert 'relation_precision' not in model.loss(*_batch(seed=3))
+    assert math.isnan(model.loss(*_batch(seed=3))['relation_precision'])
     assert (model.queue_labels[8:] >= 0).all()
     labelled = model.loss(*_batch(seed=4))
     assert 0 <= labelled['relation_precision'].item() <= 1
@@ -262,3 +266,91 @@ def test__batch_centred_mining_space():
 def test__unknown_mining_centre_raises():
     with pytest.raises(ValueError, match='model.miner.center'):
         _build(miner=dict(num_prototypes=4, center='queue'))
+
+
+def _bank_ready(**kwargs):
+    """A model whose queue is full and whose bank is initialised."""
+    model = _build(queue_len=16, num_prototypes=2, threshold=-1.0, **kwargs)
+    for seed in range(2):
+        model.loss(*_batch(seed=seed))
+    model.miner.initialize(model.filled_mining_keys(), distributed=False)
+    model.refresh_queue_assign()
+    return model
+
+
+def test__oracle_positive_mask_equals_label_equality():
+    model = _bank_ready(relation_source='oracle_labels')
+    # Queue labels of a small hand-made example: slots 0-15 hold classes
+    # 0..3 (4 each); two slots never written (-1).
+    model.queue_labels.copy_(torch.arange(16) % 4)
+    model.queue_labels[[5, 9]] = -1
+    anchors = torch.tensor([0, 1, 3, 3, 2, 0, 1, 2])
+    mask, _ = model.mine_relations(
+        F.normalize(torch.randn(8, 16), dim=1), labels=anchors)
+    expected = anchors[:, None] == model.queue_labels[None]
+    assert torch.equal(mask, expected)
+    # Slot 5 (class 1, unwritten) is never a positive of a class-1 anchor.
+    assert not mask[1, 5] and mask[1, 1]
+
+
+def test__oracle_refuses_unlabelled_batches():
+    model = _bank_ready(relation_source='oracle_labels')
+    with pytest.raises(ValueError, match='oracle_labels.*gt_label'):
+        model.loss(*_batch(seed=5, labels=False))
+
+
+def test__unknown_relation_source_is_named():
+    with pytest.raises(ValueError, match='model.relation_source'):
+        _build(relation_source='labels')
+
+
+def test__cap_keeps_the_most_similar_positives():
+    model = _build(max_positives=2)
+    pos_mask = torch.tensor([[True, True, True, False, True],
+                             [False, True, False, False, False],
+                             [False] * 5])
+    sim = torch.tensor([[0.1, 0.9, 0.5, 0.99, 0.7],
+                        [0.3, 0.2, 0.1, 0.0, 0.0],
+                        [0.5, 0.5, 0.5, 0.5, 0.5]])
+    capped = model.cap_positives(pos_mask, sim)
+    # Row 0: the two most similar positives (0.9 and 0.7), never the
+    # more similar non-positive slot 3; row 1 keeps its only positive.
+    assert capped.tolist() == [[False, True, False, False, True],
+                               [False, True, False, False, False],
+                               [False] * 5]
+
+
+def test__cap_is_applied_to_mined_relations():
+    model = _bank_ready(max_positives=3)
+    mask, _ = model.mine_relations(F.normalize(torch.randn(8, 16), dim=1))
+    assert mask.sum(1).max() <= 3 and mask.sum() > 0
+
+
+def test__relation_warmup_ramps_after_the_first_clustering():
+    model = _bank_ready(relation_warmup_iters=4)
+    calls = _spy_head(model)
+    scales = []
+    for seed in range(2, 8):
+        losses = model.loss(*_batch(seed=seed))
+        scales.append(float(calls[-1]['mined_scale']))
+        assert losses['relation_scale'].item() == scales[-1]
+    assert scales == [0.0, 0.25, 0.5, 0.75, 1.0, 1.0]
+    assert int(model.mining_steps) == 6
+
+
+def test__relation_warmup_clock_is_checkpointed():
+    model = _bank_ready(relation_warmup_iters=4)
+    model.loss(*_batch(seed=2))
+    assert model.state_dict()['mining_steps'].item() == 1
+
+
+@pytest.mark.parametrize('key, value', [('max_positives', 0),
+                                        ('max_positives', 1.5)])
+def test__bad_miner_knobs_are_named(key, value):
+    with pytest.raises(ValueError, match=f'model.miner.{key}'):
+        _build(**{key: value})
+
+
+def test__bad_warmup_is_named():
+    with pytest.raises(ValueError, match='model.relation_warmup_iters'):
+        _build(relation_warmup_iters=-1)
