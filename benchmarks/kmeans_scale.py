@@ -1,4 +1,4 @@
-# Copyright (c) OpenMMLab. All rights reserved.
+# Copyright (c) rekd_mm contributors. All rights reserved.
 """Scaling of the project's spherical k-means, with faiss as a reference.
 
 Clusters ``N x D`` unit embeddings into ``K`` clusters with
@@ -40,10 +40,12 @@ from typing import Dict, List, Optional  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+# isort: off
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import (command_line, machine_info, markdown_table,  # noqa: E402
-                    median, peak_rss_mib, reset_peak_rss, rss_mib,
-                    write_results)
+from common import (  # noqa: E402
+    command_line, machine_info, markdown_table, median, peak_rss_mib,
+    reset_peak_rss, rss_mib, write_results)
+# isort: on
 
 from rekd_mm.models.utils.spherical_kmeans import (  # noqa: E402
     kmeans_objective, spherical_kmeans)
@@ -55,38 +57,56 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description='Spherical k-means scaling: rekd_mm vs faiss (optional)')
     parser.add_argument(
-        '--n', type=int, nargs='+', default=[100000],
+        '--n',
+        type=int,
+        nargs='+',
+        default=[100000],
         help='numbers of embeddings N (ImageNet: 1281167)')
     parser.add_argument(
-        '--k', type=int, nargs='+', default=[1000],
+        '--k',
+        type=int,
+        nargs='+',
+        default=[1000],
         help='numbers of clusters K')
     parser.add_argument('--dim', type=int, default=128, help='dimension D')
     parser.add_argument(
         '--iters', type=int, default=3, help='Lloyd iterations per run')
     parser.add_argument(
-        '--repeats', type=int, default=1,
+        '--repeats',
+        type=int,
+        default=1,
         help='runs per (N, K) and implementation; the median is reported')
     parser.add_argument(
-        '--true-clusters', type=int, default=1000,
+        '--true-clusters',
+        type=int,
+        default=1000,
         help='mixture components of the synthetic data (ImageNet classes)')
     parser.add_argument(
-        '--chunk-size', type=int, default=65536,
+        '--chunk-size',
+        type=int,
+        default=65536,
         help='chunk_size passed to spherical_kmeans (max rows per E-step '
         'block)')
     parser.add_argument(
-        '--kmeanspp', action='store_true',
+        '--kmeanspp',
+        action='store_true',
         help='also time the k-means++ seeding of spherical_kmeans (one-off '
         'cost, sequential in K)')
     parser.add_argument(
-        '--max-seed-pool', type=int, default=262144,
+        '--max-seed-pool',
+        type=int,
+        default=262144,
         help='max_seed_pool for the k-means++ seeding measurement')
     parser.add_argument(
-        '--faiss', choices=['auto', 'off'], default='auto',
+        '--faiss',
+        choices=['auto', 'off'],
+        default='auto',
         help="'auto': measure faiss when importable; 'off': never")
     parser.add_argument('--threads', type=int, default=1)
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument(
-        '--out', default=None,
+        '--out',
+        default=None,
         help='JSON result file (a Markdown table is written next to it)')
     return parser.parse_args(argv)
 
@@ -312,8 +332,8 @@ def _markdown(results: Dict) -> str:
         ])
     machine = results['machine']
     lines = [
-        '# Spherical k-means scaling', '',
-        f"Command: `{results['command']}`", '',
+        '# Spherical k-means scaling', '', f"Command: `{results['command']}`",
+        '',
         f"Machine: {machine['cpu_model']}, {machine['usable_cores']} usable "
         f"cores, torch {machine['torch']} with {machine['torch_threads']} "
         f"thread(s), faiss {results['faiss_version'] or 'not measured'}, "

@@ -1,4 +1,4 @@
-# Copyright (c) OpenMMLab. All rights reserved.
+# Copyright (c) rekd_mm contributors. All rights reserved.
 """What ReKD buys over MoCo v2: the same MobileNetV2 student, pretrained both
 ways, scored by kNN (and optionally a linear probe).
 
@@ -113,6 +113,8 @@ REGIMES = {
             probe='configs/benchmarks/linear_probe/'
             'mobilenet-v2_1xb256-linear-coslr-10e_fashion-mnist.py',
             probe_options=['model.backbone.type=MobileNetV2_CIFAR'],
+            supervised='configs/benchmarks/supervised/'
+            'mobilenet-v2-cifar_1xb64-2ki_fashion-mnist.py',
             data_root='data/fashion_mnist'),
         'cifar10':
         dict(
@@ -122,6 +124,8 @@ REGIMES = {
             probe='configs/benchmarks/linear_probe/'
             'mobilenet-v2_1xb256-linear-coslr-10e_cifar10-32px.py',
             probe_options=['model.backbone.type=MobileNetV2_CIFAR'],
+            supervised='configs/benchmarks/supervised/'
+            'mobilenet-v2-cifar_1xb64-2ki_cifar10.py',
             data_root='../shared/data/cifar10'),
     }),
 }
@@ -133,7 +137,13 @@ RELATION_KEYS = ('relation_precision', 'proto_in_use',
 
 _MODIFIER = re.compile(
     r'_(?:k(?P<k>\d+)|theta(?P<theta>-?\d+(?:\.\d+)?|-?\.\d+)'
-    r'|(?P<flag>no_relation|offline))')
+    r'|(?P<flag>no_relation|offline|oracle))')
+
+# Reference rows: no self-supervised pretraining (docs/quality.md).
+# ``untrained``: the student as initialised; ``pixels``: raw pixels;
+# ``supervised``: the student trained with labels and cross-entropy at the
+# same budget (the ceiling).
+REFERENCES = ('untrained', 'pixels', 'supervised')
 
 
 def parse_variant(name: str) -> dict:
@@ -155,9 +165,14 @@ def parse_variant(name: str) -> dict:
         num_prototypes=None,
         threshold=None,
         no_relation=False,
-        offline=False)
-    grammar = ("'mocov2', or 'rekd' followed by any of _k{K}, _theta{Θ}, "
-               "_no_relation, _offline (e.g. 'rekd_k50_theta0.7')")
+        offline=False,
+        oracle=False)
+    grammar = ("'mocov2', 'untrained', 'pixels', 'supervised', or 'rekd' "
+               'followed by any of _k{K}, _theta{Θ}, _no_relation, '
+               "_offline, _oracle (e.g. 'rekd_k50_theta0.7')")
+    if name in REFERENCES:
+        spec['algorithm'] = name
+        return spec
     if name == 'mocov2':
         spec['algorithm'] = 'mocov2'
         return spec
@@ -200,7 +215,10 @@ def variant_cfg_options(spec: dict,
     """The ``--cfg-options`` that turn the paired config into a variant.
 
     Args:
-        spec (dict): A :func:`parse_variant` result.
+        spec (dict): A :func:`parse_variant` result. ``_oracle`` takes the
+            student's extra positives from the labels
+            (``model.relation_source=oracle_labels``): an analysis upper
+            bound that trains with labels, never a competitor.
         iters (int): ``train_cfg.max_iters`` of the run.
         miner_hook_index (int, optional): Index of ``RelationMinerHook`` in
             the ReKD config's ``custom_hooks``. Required for
@@ -227,10 +245,16 @@ def variant_cfg_options(spec: dict,
         init_iter = iters + 1 if spec['no_relation'] else miner_init_iter
         options.append(
             f'custom_hooks.{miner_hook_index}.init_iter={init_iter}')
+        if spec['no_relation']:
+            # The hook refuses a run that never mines unless told so.
+            options.append(
+                f'custom_hooks.{miner_hook_index}.allow_no_mining=True')
     if spec['num_prototypes'] is not None:
         options.append(f"model.miner.num_prototypes={spec['num_prototypes']}")
     if spec['threshold'] is not None:
         options.append(f"model.miner.threshold={spec['threshold']}")
+    if spec['oracle']:
+        options.append('model.relation_source=oracle_labels')
     if spec['offline']:
         if not offline_teacher:
             raise ValueError(f"variant {spec['name']!r} needs "
@@ -298,29 +322,36 @@ def probe_accuracy(entries: List[dict]) -> Dict:
     if not epochs:
         raise ValueError('the linear probe logged no accuracy/top1: was '
                          'validation disabled (val_interval)?')
-    return dict(top1=epochs[-1]['top1'], top5=epochs[-1]['top5'],
-                epochs=epochs)
+    return dict(
+        top1=epochs[-1]['top1'], top5=epochs[-1]['top5'], epochs=epochs)
 
 
 # --------------------------------------------------------------------------
 # Running
 # --------------------------------------------------------------------------
-def _run_train(config: str, work_dir: str, options: List[str], threads: int,
-               timeout: Optional[float]) -> Dict:
+def _run_train(config: str,
+               work_dir: str,
+               options: List[str],
+               threads: int,
+               timeout: Optional[float],
+               resume: bool = False) -> Dict:
     """``tools/train.py`` in a fresh process; returns the log dir and time.
 
     Output goes to ``<work_dir>/stdout.log``; a failure raises with its
-    tail.
+    tail. ``resume``: continue from the work dir's latest checkpoint
+    (``tools/train.py --resume``) when there is one.
     """
     os.makedirs(work_dir, exist_ok=True)
     before = glob.glob(osp.join(work_dir, '[0-9]*_[0-9]*'))
     cmd = [sys.executable, TRAIN_SCRIPT, config, '--work-dir', work_dir]
+    if resume and osp.isfile(osp.join(work_dir, 'last_checkpoint')):
+        cmd.append('--resume')
     if options:
         cmd += ['--cfg-options', *options]
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
     log_path = osp.join(work_dir, 'stdout.log')
     start = time.perf_counter()
-    with open(log_path, 'w') as log:
+    with open(log_path, 'a' if '--resume' in cmd else 'w') as log:
         proc = subprocess.run(
             cmd,
             cwd=REPO_ROOT,
@@ -427,8 +458,7 @@ def _dataset_options(name: str, cifar_root: Optional[str]) -> Dict:
     ]
     probe = [
         f'{loader}.dataset.data_root={root}'
-        for loader in ('train_dataloader', 'val_dataloader',
-                       'test_dataloader')
+        for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader')
     ]
     return dict(train=train, probe=probe)
 
@@ -477,9 +507,9 @@ def build_markdown(results: Dict) -> str:
     settings = results['settings']
     knn_k = settings['knn_k']
     headers = [
-        'dataset', 'variant', f'student kNN top-1 (k={knn_k})',
-        'Δ vs MoCo v2', f'teacher kNN top-1 (k={knn_k})', 'probe top-1',
-        'relation precision (last)', 'train time (s)'
+        'dataset', 'variant', f'student kNN top-1 (k={knn_k})', 'Δ vs MoCo v2',
+        'student probe top-1', f'teacher kNN top-1 (k={knn_k})',
+        'teacher probe top-1', 'relation precision (last)', 'train time (s)'
     ]
     rows = []
     for rec in records:
@@ -487,10 +517,11 @@ def build_markdown(results: Dict) -> str:
             rec['dataset'], rec['variant'],
             _fmt(rec['student_knn_top1']),
             _fmt(rec.get('delta_vs_mocov2')),
+            _fmt(rec.get('student_probe_top1')),
             _fmt(rec.get('teacher_knn_top1')),
-            _fmt(rec.get('probe_top1')),
+            _fmt(rec.get('teacher_probe_top1')),
             _fmt(rec.get('relation_precision_last'), 3),
-            _fmt(rec['train_wall_s'], 1)
+            _fmt(rec.get('train_wall_s'), 1)
         ])
     knn_sizes = ', '.join(
         sorted({
@@ -505,20 +536,32 @@ def build_markdown(results: Dict) -> str:
         markdown_table(headers, rows),
         '',
         f'kNN: weighted, T=0.07, on {knn_sizes or "-"}. Probe: '
-        + (f"{settings['probe_epochs']} epochs, linear on the frozen "
-           'student' if settings['probe_epochs'] else 'not run') + '. '
-        'Relation precision: share of mined positive pairs of the same '
-        'class, last logged value (window mean).',
+        'multinomial logistic regression on the frozen, un-augmented '
+        'features (standardised; L-BFGS to convergence; L2 penalty chosen '
+        'on a held-out tenth of the training split). Reference rows: '
+        '`untrained` (the student as initialised), `pixels` (raw pixels, '
+        'centred), `supervised` (labels + cross-entropy, same budget). '
+        '`_oracle` variants take their relations from the labels (analysis '
+        'upper bound). Relation precision: share of mined positive pairs of '
+        'the same class, last logged value (window mean).',
         '',
-        *[f'Command: `{command}`  '
-          for command in results.get('commands', [results['command']])],
-        f"Commit: `{results['git_commit']}`"
-        + (' (uncommitted changes)' if results.get('git_dirty') else '')
-        + f"; machine: {results['machine']['cpu_model']}, "
+        *[
+            f'Command: `{command}`  '
+            for command in results.get('commands', [results['command']])
+        ],
+        f"Commit: `{results['git_commit']}`" +
+        (' (uncommitted changes)' if results.get('git_dirty') else '') +
+        f"; machine: {results['machine']['cpu_model']}, "
         f"{results['machine']['usable_cores']} usable cores, "
         f"{settings['threads']} thread(s) per run.",
     ]
     return '\n'.join(lines)
+
+
+def variant_colours(variants) -> Dict[str, str]:
+    """One matplotlib colour per variant, the same in every panel and
+    every figure of one result set (sorted names -> C0, C1, ...)."""
+    return {name: f'C{i % 10}' for i, name in enumerate(sorted(set(variants)))}
 
 
 def plot_relation(results: Dict, path: str) -> None:
@@ -530,6 +573,7 @@ def plot_relation(results: Dict, path: str) -> None:
 
     datasets = list(dict.fromkeys(r['dataset'] for r in results['records']))
     datasets = datasets or ['-']
+    colours = variant_colours(r['variant'] for r in results['records'])
     rows = (('relation_precision', 'relation precision'),
             ('relation_pos_per_anchor', 'mined positives / anchor'))
     fig, axes = plt.subplots(
@@ -546,7 +590,12 @@ def plot_relation(results: Dict, path: str) -> None:
                 if rec['dataset'] != dataset or not points:
                     continue
                 xs, ys = zip(*points)
-                ax.plot(xs, ys, marker='.', label=rec['variant'])
+                ax.plot(
+                    xs,
+                    ys,
+                    marker='.',
+                    color=colours[rec['variant']],
+                    label=rec['variant'])
                 plotted = True
             if not plotted:
                 ax.text(
@@ -701,6 +750,24 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         'variant is replaced. For variants that need an earlier run\'s '
         'output, e.g. rekd_offline with the teacher of a finished rekd run')
     parser.add_argument(
+        '--reuse',
+        action='store_true',
+        help='skip training where the work dir holds a finished run of the '
+        'same config and overrides (its train_record.json), and only score '
+        'it again')
+    parser.add_argument(
+        '--resume',
+        action='store_true',
+        help='continue an interrupted training from its work dir\'s latest '
+        'checkpoint (a long study split across sessions); its wall time then '
+        'counts this part only')
+    parser.add_argument(
+        '--no-feature-probe',
+        dest='feature_probe',
+        action='store_false',
+        help='skip the linear probe on frozen features (L-BFGS to '
+        'convergence, seconds per backbone)')
+    parser.add_argument(
         '--dry-run',
         action='store_true',
         help='print the planned training commands and exit')
@@ -744,7 +811,9 @@ def _plan(args) -> List[Dict]:
                 raise ValueError(
                     f"variant {spec['name']!r} on {dataset}: no "
                     f'--offline-teacher for it (give PATH or {dataset}=PATH)')
-            config = paths[spec['algorithm']]
+            # The reference rows without training are scored with the MoCo
+            # v2 config's student and data.
+            config = paths.get(spec['algorithm'], paths['mocov2'])
             options = [
                 f'train_cfg.max_iters={args.iters}',
                 f'randomness.seed={args.seed}'
@@ -769,8 +838,8 @@ def _plan(args) -> List[Dict]:
                     options=options,
                     work_dir=work_dir,
                     probe_config=paths['probe'],
-                    probe_options=paths['probe_options'] +
-                    data_opts['probe'] + list(args.probe_cfg_options)))
+                    probe_options=paths['probe_options'] + data_opts['probe'] +
+                    list(args.probe_cfg_options)))
     return plan
 
 
@@ -807,25 +876,39 @@ def _merge_previous(results: Dict, out: str, plan: List[Dict]) -> float:
     return previous.get('total_wall_s', 0.)
 
 
-def _run_one(item: Dict, args) -> Dict:
-    spec = item['spec']
-    rec = dict(
-        dataset=item['dataset'],
-        variant=spec['name'],
-        algorithm=spec['algorithm'],
-        config=item['config'],
-        cfg_options=item['options'],
-        work_dir=item['work_dir'])
-    print(f"[{item['dataset']} / {spec['name']}] training "
-          f"{args.iters} iterations ...", flush=True)
+def _train_or_reuse(item: Dict, args) -> Dict:
+    """Train the item's config, or with ``--reuse`` take a finished run of
+    the same config and overrides from its work dir (``train_record.json``
+    is written next to the checkpoint after every run)."""
+    record_path = osp.join(item['work_dir'], 'train_record.json')
+    if args.reuse and osp.isfile(record_path):
+        with open(record_path) as f:
+            run = json.load(f)
+        if (run.get('config'), run.get('options')) == (item['config'],
+                                                       item['options']):
+            print(
+                f"[{item['dataset']} / {item['spec']['name']}] reusing "
+                f"{record_path}",
+                flush=True)
+            run['reused'] = True
+            return run
+    print(
+        f"[{item['dataset']} / {item['spec']['name']}] training "
+        f"{args.iters} iterations ...",
+        flush=True)
     run = _run_train(item['config'], item['work_dir'], item['options'],
-                     args.threads, args.timeout)
-    rec.update(
-        train_command=run['command'],
-        train_wall_s=run['wall_s'],
-        log_dir=run['log_dir'])
-    rec['checkpoint'] = _last_checkpoint(item['work_dir'])
-    entries = read_scalars(run['log_dir'])
+                     args.threads, args.timeout, args.resume)
+    run.update(config=item['config'], options=item['options'])
+    if '--resume' in run['command']:
+        # Wall time of this part only; earlier parts are in stdout.log.
+        run['resumed'] = True
+    with open(record_path, 'w') as f:
+        json.dump(run, f, indent=2)
+    return run
+
+
+def _training_summary(rec: Dict, entries: List[dict]) -> None:
+    """Last logged losses, median iteration time and relation series."""
     train_entries = [e for e in entries if 'iter' in e]
     if train_entries:
         last = train_entries[-1]
@@ -836,47 +919,101 @@ def _run_one(item: Dict, args) -> Dict:
         times = [float(e['time']) for e in train_entries if 'time' in e]
         rec['iter_time_s_median'] = sorted(times)[len(times) //
                                                   2] if times else None
-    if spec['algorithm'] == 'rekd':
+    if rec['algorithm'] == 'rekd':
         rec['relation'] = relation_series(entries)
         precision = rec['relation']['relation_precision']
         rec['relation_precision_last'] = precision[-1][1] if precision \
             else None
 
-    print(f"[{item['dataset']} / {spec['name']}] kNN ...", flush=True)
-    cfg = _load_cfg(item['config'], item['options'])
-    rec['knn'] = dict(student=_knn(cfg, rec['checkpoint'], 'backbone.', args))
-    key = f'k{args.knn_k}_top1'
-    if key not in rec['knn']['student']:
-        raise KeyError(f'run_knn_eval returned no {key}: pass --knn-k 200 or '
-                       '20 (the evaluated neighbour counts)')
-    rec['student_knn_top1'] = rec['knn']['student'][key]
-    if spec['algorithm'] == 'rekd':
-        rec['knn']['teacher'] = _knn(cfg, rec['checkpoint'],
-                                     'teacher.backbone.', args)
-        rec['teacher_knn_top1'] = rec['knn']['teacher'][key]
 
+def _mmpretrain_probe(rec: Dict, item: Dict, args) -> None:
+    """``--probe-epochs``: mmpretrain's linear-probe config through
+    tools/train.py (augmented images; slow on CPU)."""
+    epochs = args.probe_epochs
+    # The probe's cosine schedule ends with its last epoch.
+    options = [
+        f"model.backbone.init_cfg.checkpoint={rec['checkpoint']}",
+        f'train_cfg.max_epochs={epochs}', f'param_scheduler.0.T_max={epochs}',
+        f'param_scheduler.0.end={epochs}', f'randomness.seed={args.seed}'
+    ] + item['probe_options']
+    print(
+        f"[{item['dataset']} / {rec['variant']}] linear probe "
+        f'({epochs} epochs) ...',
+        flush=True)
+    probe = _run_train(item['probe_config'],
+                       osp.join(item['work_dir'], 'linear_probe'), options,
+                       args.threads, args.timeout)
+    rec['probe'] = dict(
+        config=item['probe_config'],
+        cfg_options=options,
+        command=probe['command'],
+        wall_s=probe['wall_s'],
+        **probe_accuracy(read_scalars(probe['log_dir'])))
+    rec['mmpretrain_probe_top1'] = rec['probe']['top1']
+
+
+def _scores(rec: Dict, who: str, result: Dict, knn_k: int) -> None:
+    key = f'k{knn_k}_top1'
+    if key not in result:
+        raise KeyError(f'no {key} in the kNN result: pass --knn-k 200 or 20 '
+                       '(the evaluated neighbour counts)')
+    rec.setdefault('knn', {})[who] = result
+    rec[f'{who}_knn_top1'] = result[key]
+    if 'probe' in result:
+        rec[f'{who}_probe_top1'] = result['probe']['top1']
+
+
+def _run_one(item: Dict, args) -> Dict:
+    # Imported here: torch must see OMP_NUM_THREADS, set in main().
+    from quality_eval import (evaluate_checkpoint, evaluate_pixels,
+                              evaluate_untrained)
+    spec = item['spec']
+    rec = dict(
+        dataset=item['dataset'],
+        variant=spec['name'],
+        algorithm=spec['algorithm'],
+        config=item['config'],
+        cfg_options=item['options'],
+        work_dir=item['work_dir'],
+        train_wall_s=0.0)
+    cfg = _load_cfg(item['config'], item['options'])
+    print(f"[{item['dataset']} / {spec['name']}] scoring ...", flush=True)
+    if spec['algorithm'] == 'pixels':
+        _scores(rec, 'student', evaluate_pixels(cfg, args), args.knn_k)
+        return rec
+    if spec['algorithm'] == 'untrained':
+        _scores(rec, 'student', evaluate_untrained(cfg, args.seed, args),
+                args.knn_k)
+        return rec
+
+    run = _train_or_reuse(item, args)
+    rec.update(
+        train_command=run['command'],
+        train_wall_s=run['wall_s'],
+        log_dir=run['log_dir'],
+        reused=run.get('reused', False))
+    rec['checkpoint'] = _last_checkpoint(item['work_dir'])
+    if run.get('resumed'):
+        # Every part of a run split across sessions, in order.
+        entries = []
+        for log_dir in sorted(
+                glob.glob(osp.join(item['work_dir'], '[0-9]*_[0-9]*'))):
+            if osp.isfile(osp.join(log_dir, 'vis_data', 'scalars.json')):
+                entries += read_scalars(log_dir)
+    else:
+        entries = read_scalars(run['log_dir'])
+    _training_summary(rec, entries)
+    _scores(rec, 'student',
+            evaluate_checkpoint(cfg, rec['checkpoint'], 'backbone.', args),
+            args.knn_k)
+    if spec['algorithm'] == 'rekd':
+        _scores(
+            rec, 'teacher',
+            evaluate_checkpoint(cfg, rec['checkpoint'], 'teacher.backbone.',
+                                args), args.knn_k)
     if args.probe_epochs > 0 and (args.probe_variants is None
                                   or spec['name'] in args.probe_variants):
-        print(f"[{item['dataset']} / {spec['name']}] linear probe "
-              f'({args.probe_epochs} epochs) ...', flush=True)
-        epochs = args.probe_epochs
-        # The probe's cosine schedule ends with its last epoch.
-        options = [
-            f"model.backbone.init_cfg.checkpoint={rec['checkpoint']}",
-            f'train_cfg.max_epochs={epochs}',
-            f'param_scheduler.0.T_max={epochs}',
-            f'param_scheduler.0.end={epochs}', f'randomness.seed={args.seed}'
-        ] + item['probe_options']
-        probe = _run_train(item['probe_config'],
-                           osp.join(item['work_dir'], 'linear_probe'),
-                           options, args.threads, args.timeout)
-        rec['probe'] = dict(
-            config=item['probe_config'],
-            cfg_options=options,
-            command=probe['command'],
-            wall_s=probe['wall_s'],
-            **probe_accuracy(read_scalars(probe['log_dir'])))
-        rec['probe_top1'] = rec['probe']['top1']
+        _mmpretrain_probe(rec, item, args)
     return rec
 
 

@@ -1,4 +1,4 @@
-# Copyright (c) OpenMMLab. All rights reserved.
+# Copyright (c) rekd_mm contributors. All rights reserved.
 """What ReKD costs per training step, and where the time goes.
 
 Measured in one run, on the same inputs, each variant in a fresh subprocess
@@ -61,16 +61,20 @@ import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 from collections import defaultdict  # noqa: E402
-from typing import Dict, List, Optional, Tuple  # noqa: E402
+from typing import Dict, List, Optional  # noqa: E402
 
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+# isort: off
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import (command_line, machine_info, markdown_table,  # noqa: E402
-                    median, peak_rss_mib, reset_peak_rss, rss_mib,
-                    write_results)
+from common import (  # noqa: E402
+    PHASE_GROUPS, PhaseTimer, build_config, build_inputs, build_model,
+    build_optim_wrapper, command_line, init_scope, machine_info,
+    markdown_table, median, memory_end, memory_start, prepare_bank,
+    rekd_step_by_step, sync, train_step, write_results)
+# isort: on
 
 __all__ = [
     'build_config', 'build_inputs', 'build_model', 'prepare_bank',
@@ -79,22 +83,6 @@ __all__ = [
 
 VARIANTS = ('moco_student', 'moco_teacher', 'rekd', 'rekd_exact',
             'rekd_breakdown', 'loading')
-
-# Fine phases of rekd_step_by_step, grouped as the issue asks.
-PHASE_GROUPS = {
-    'student fwd/bwd': ('student_forward', 'student_key_forward',
-                        'student_backward'),
-    'teacher fwd/bwd': ('teacher_forward', 'teacher_key_forward',
-                        'teacher_backward'),
-    'momentum updates': ('student_momentum_update',
-                         'teacher_momentum_update'),
-    'queue ops': ('queue_read', 'gather_teacher_keys', 'enqueue'),
-    'relation mining': ('mining_refresh', 'mining_assign_and_mask'),
-    'losses': ('teacher_loss', 'relation_loss', 'parse_losses'),
-    'bank update': ('bank_update', ),
-    'logged statistics': ('labels', 'relation_stats'),
-    'optimizer step': ('optimizer_step', ),
-}
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
@@ -106,39 +94,58 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument(
         '--warmup', type=int, default=3, help='untimed iterations first')
     parser.add_argument(
-        '--batch-size', type=int, default=None,
+        '--batch-size',
+        type=int,
+        default=None,
         help='override train_dataloader.batch_size')
     parser.add_argument(
-        '--img-size', type=int, default=224,
+        '--img-size',
+        type=int,
+        default=224,
         help='input size with --synthetic (ignored otherwise)')
     parser.add_argument(
-        '--synthetic', action='store_true',
+        '--synthetic',
+        action='store_true',
         help='random inputs of --img-size instead of the config\'s data '
         '(e.g. ImageNet shapes without ImageNet)')
     parser.add_argument(
         '--queue-len', type=int, default=None, help='override queue_len')
     parser.add_argument(
-        '--num-prototypes', type=int, default=None,
+        '--num-prototypes',
+        type=int,
+        default=None,
         help='override model.miner.num_prototypes (K)')
     parser.add_argument(
-        '--miner-threshold', type=float, default=-1.0,
+        '--miner-threshold',
+        type=float,
+        default=-1.0,
         help='Θ used for the timed ReKD steps. The queues hold random keys '
         'in the benchmark, so the configured Θ would assign almost nothing; '
         'the default -1 assigns every anchor and slot: the mining path does '
         'its maximal work (worst case)')
     parser.add_argument(
-        '--refresh-intervals', type=int, nargs='+', default=[1, 10, 100],
+        '--refresh-intervals',
+        type=int,
+        nargs='+',
+        default=[1, 10, 100],
         help='queue_refresh_interval values to report the amortised cost of')
     parser.add_argument(
-        '--variants', nargs='+', choices=VARIANTS, default=None,
+        '--variants',
+        nargs='+',
+        choices=VARIANTS,
+        default=None,
         help='variants to run (default: all that apply)')
     parser.add_argument(
-        '--staleness-iters', type=int, default=0,
+        '--staleness-iters',
+        type=int,
+        default=0,
         help='if > 0, train the config this many iterations after the '
         'bank\'s initialisation and measure the drift of the cached queue '
         'assignments (real data only)')
     parser.add_argument(
-        '--miner-batch', type=int, default=0,
+        '--miner-batch',
+        type=int,
+        default=0,
         help='if > 0, also time the miner\'s operations alone (no '
         'backbone) for a global batch of this size, e.g. 256 for the '
         'ImageNet recipe whose full step is too slow to time on CPU')
@@ -147,18 +154,24 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument('--threads', type=int, default=1)
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument(
-        '--cfg-options', nargs='+', default=None,
+        '--cfg-options',
+        nargs='+',
+        default=None,
         help='config overrides, key=value (mmengine DictAction)')
     parser.add_argument(
-        '--out', default=None,
+        '--out',
+        default=None,
         help='JSON result file (a Markdown summary is written next to it)')
     parser.add_argument(
-        '--in-process', action='store_true',
+        '--in-process',
+        action='store_true',
         help='run the measurements in this process instead of fresh '
         'subprocesses (quicker; peak memory then includes what earlier '
         'measurements left allocated)')
     parser.add_argument(
-        '--timeout', type=int, default=3600,
+        '--timeout',
+        type=int,
+        default=3600,
         help='seconds allowed to each variant subprocess')
     # Internal: the driver runs each measurement in a worker subprocess.
     parser.add_argument(
@@ -177,344 +190,11 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     return args
 
 
-# --------------------------------------------------------------------------
-# Building blocks (run inside the worker subprocesses)
-# --------------------------------------------------------------------------
-def build_config(args: argparse.Namespace):
-    """Load the config with the command-line overrides applied."""
-    from mmengine.config import Config, DictAction
-    cfg = Config.fromfile(args.config)
-    if args.cfg_options:
-        options = {}
-        for item in args.cfg_options:
-            key, value = item.split('=', 1)
-            options[key] = DictAction._parse_iterable(value)
-        cfg.merge_from_dict(options)
-    if cfg.model.get('type') != 'ReKD':
-        raise ValueError(f'{args.config}: model.type is '
-                         f"{cfg.model.get('type')!r}; this benchmark needs a "
-                         'ReKD config (it derives the MoCo baselines from it)')
-    if args.batch_size is not None:
-        cfg.train_dataloader.batch_size = args.batch_size
-    if args.queue_len is not None:
-        cfg.model.queue_len = args.queue_len
-    if args.num_prototypes is not None:
-        cfg.model.setdefault('miner', {})
-        cfg.model.miner.num_prototypes = args.num_prototypes
-    # Runner.from_cfg merges the top-level data_preprocessor the same way.
-    if cfg.get('data_preprocessor') is not None:
-        cfg.model.setdefault('data_preprocessor', cfg.data_preprocessor)
-    return cfg
-
-
-def _init_scope() -> None:
-    from mmengine.registry import init_default_scope
-    import rekd_mm  # noqa: F401  (registers ReKD and its parts)
-    init_default_scope('mmpretrain')
-
-
-def build_inputs(cfg, args: argparse.Namespace, device: str
-                 ) -> Tuple[List[torch.Tensor], list, Dict]:
-    """Two views and data samples, identical for every variant.
-
-    With ``--synthetic``: seeded random views of ``--img-size`` and random
-    labels (so that the relation-precision statistic runs). Otherwise the
-    first batch of the config's ``train_dataloader`` (real augmentations,
-    loaded without workers), pre-processed once by the config's data
-    pre-processor.
-    """
-    from mmpretrain.registry import MODELS
-    from mmpretrain.structures import DataSample
-    batch_size = cfg.train_dataloader.batch_size
-    if args.synthetic:
-        gen = torch.Generator().manual_seed(args.seed)
-        shape = (batch_size, 3, args.img_size, args.img_size)
-        inputs = [torch.randn(shape, generator=gen) for _ in range(2)]
-        labels = torch.randint(1000, (batch_size, ), generator=gen)
-        samples = [DataSample().set_gt_label(int(y)) for y in labels]
-        source = f'synthetic {tuple(shape)} x 2 views'
-    else:
-        from mmengine.runner import Runner
-        loader_cfg = copy.deepcopy(cfg.train_dataloader)
-        loader_cfg.update(num_workers=0, persistent_workers=False)
-        loader = Runner.build_dataloader(loader_cfg, seed=args.seed)
-        batch = next(iter(loader))
-        preprocessor = MODELS.build(cfg.model.data_preprocessor)
-        data = preprocessor(batch, True)
-        inputs, samples = data['inputs'], data['data_samples']
-        source = (f"{cfg.train_dataloader.dataset.type} first batch "
-                  f'{tuple(inputs[0].shape)} x {len(inputs)} views')
-    inputs = [view.to(device) for view in inputs]
-    samples = [sample.to(device) for sample in samples]
-    return inputs, samples, dict(source=source,
-                                 view_shape=list(inputs[0].shape))
-
-
-def build_model(cfg, variant: str) -> nn.Module:
-    """The ReKD model of the config, or a MoCo v2 with its student or its
-    teacher (mmpretrain's ``MoCo``, same neck, queue, momentum and
-    temperature)."""
-    from mmpretrain.registry import MODELS
-    model_cfg = copy.deepcopy(cfg.model)
-    model_cfg.pop('teacher_pretrained', None)  # time the online teacher
-    if variant.startswith('rekd') or variant == 'loading':
-        return MODELS.build(model_cfg)
-    student = variant == 'moco_student'
-    momentum = model_cfg.get('momentum', 0.001)
-    if not student and model_cfg.get('teacher_momentum') is not None:
-        momentum = model_cfg.teacher_momentum
-    head = copy.deepcopy(model_cfg.teacher_head)
-    if student:
-        head['temperature'] = model_cfg.head.get('temperature',
-                                                 head.get('temperature'))
-    return MODELS.build(
-        dict(
-            type='MoCo',
-            backbone=model_cfg.backbone
-            if student else model_cfg.teacher_backbone,
-            neck=model_cfg.neck if student else model_cfg.teacher_neck,
-            head=head,
-            queue_len=model_cfg.get('queue_len', 65536),
-            feat_dim=model_cfg.get('feat_dim', 128),
-            momentum=momentum,
-            data_preprocessor=model_cfg.get('data_preprocessor')))
-
-
-@torch.no_grad()
-def prepare_bank(model: nn.Module, threshold: Optional[float],
-                 seed: int = 0, num_classes: int = 1000) -> None:
-    """Put a ReKD model in the state of a run whose bank is initialised.
-
-    Both queues count as full (their random unit keys stand in for past
-    keys), every slot has a label (so the relation-precision statistic
-    runs), the prototypes are K distinct teacher-queue keys, and the cached
-    queue assignments are fresh.
-
-    Args:
-        model (nn.Module): A ReKD model.
-        threshold (float, optional): Θ to use instead of the config's.
-        seed (int): Seed of the random choices. Defaults to 0.
-        num_classes (int): Labels drawn for the queue. Defaults to 1000.
-    """
-    gen = torch.Generator().manual_seed(seed)
-    num_k, queue_len = model.miner.num_prototypes, model.queue_len
-    if num_k > queue_len:
-        raise ValueError(f'model.miner.num_prototypes={num_k} exceeds '
-                         f'queue_len={queue_len}: the benchmark draws the '
-                         'prototypes from the teacher queue')
-    device = model.teacher_queue.device
-    model.queue_count.fill_(queue_len)
-    model.queue_labels.copy_(
-        torch.randint(num_classes, (queue_len, ), generator=gen))
-    pick = torch.randperm(queue_len, generator=gen)[:num_k].to(device)
-    model.miner.prototypes.copy_(
-        F.normalize(model.teacher_queue[:, pick].t(), dim=1))
-    model.miner.initialized.fill_(True)
-    if threshold is not None:
-        model.miner.threshold = float(threshold)
-    model.refresh_queue_assign()
-
-
-def build_optim_wrapper(model: nn.Module, cfg, device: str):
-    from mmengine.optim import build_optim_wrapper as build
-    optim_cfg = copy.deepcopy(cfg.optim_wrapper)
-    if device == 'cpu' and optim_cfg.get('type') == 'AmpOptimWrapper':
-        optim_cfg['type'] = 'OptimWrapper'  # AMP is a CUDA feature
-        optim_cfg.pop('dtype', None)
-        optim_cfg.pop('loss_scale', None)
-    return build(model, optim_cfg)
-
-
-def train_step(model: nn.Module, optim_wrapper, inputs: List[torch.Tensor],
-               data_samples: list) -> Dict[str, torch.Tensor]:
-    """``BaseModel.train_step`` without the data pre-processing (the inputs
-    are pre-processed once)."""
-    with optim_wrapper.optim_context(model):
-        losses = model.loss(inputs, data_samples)
-    parsed, _ = model.parse_losses(losses)
-    optim_wrapper.update_params(parsed)
-    return losses
-
-
-class PhaseTimer:
-    """Wall-clock time of consecutive phases, synchronising CUDA between
-    them so that asynchronous kernels are charged to their own phase."""
-
-    def __init__(self, device: str) -> None:
-        self.cuda = device.startswith('cuda')
-        self.times: Dict[str, float] = {}
-        self._last = None
-
-    def _now(self) -> float:
-        if self.cuda:
-            torch.cuda.synchronize()
-        return time.perf_counter()
-
-    def start(self) -> None:
-        self.times = {}
-        self._last = self._now()
-
-    def lap(self, phase: str) -> None:
-        now = self._now()
-        self.times[phase] = self.times.get(phase, 0.0) + now - self._last
-        self._last = now
-
-
-class _NoTimer(PhaseTimer):
-
-    def __init__(self) -> None:
-        super().__init__('cpu')
-
-    def start(self) -> None:
-        pass
-
-    def lap(self, phase: str) -> None:
-        pass
-
-
-def rekd_step_by_step(model: nn.Module,
-                      optim_wrapper,
-                      inputs: List[torch.Tensor],
-                      data_samples: list,
-                      timer: Optional[PhaseTimer] = None
-                      ) -> Dict[str, torch.Tensor]:
-    """One ReKD training step, ``ReKD.loss`` re-played phase by phase.
-
-    Calls the model's own submodules and methods in the order of
-    ``ReKD.loss`` (online teacher), with ``timer.lap`` between phases; the
-    backward pass is split into the student's (``loss_relation``) and the
-    teacher's (``loss_teacher``) because their graphs are disjoint.
-    ``tests/test_benchmarks`` checks that this gives the same losses, buffers
-    and parameters as ``train_step``, so the breakdown measures what
-    training runs.
-
-    Args:
-        model (nn.Module): A ReKD model with an online teacher and
-            ``loss_weights['kd'] == 0``.
-        optim_wrapper (OptimWrapper): Its optimiser wrapper.
-        inputs (List[Tensor]): Two pre-processed views.
-        data_samples (list): Data samples (labels for the statistics).
-        timer (PhaseTimer, optional): Receives the phase laps.
-
-    Returns:
-        Dict[str, Tensor]: The loss dict, as ``ReKD.loss`` returns it.
-    """
-    from mmengine.dist import all_gather
-    if model.teacher_frozen or model.loss_weights['kd'] > 0:
-        raise ValueError('rekd_step_by_step re-plays the online-teacher, '
-                         'kd=0 path of ReKD.loss only')
-    timer = timer or _NoTimer()
-    im_q, im_k = inputs[0], inputs[1]
-    weights = model.loss_weights
-    losses = dict()
-    timer.start()
-
-    student = nn.Sequential(model.backbone, model.neck)
-    q_s = F.normalize(student(im_q)[0], dim=1)
-    timer.lap('student_forward')
-    with torch.no_grad():
-        model.encoder_k.update_parameters(student)
-    timer.lap('student_momentum_update')
-    k_s = model._encode_keys(None, model.encoder_k, im_k)
-    timer.lap('student_key_forward')
-
-    teacher = nn.Sequential(model.teacher.backbone, model.teacher.neck)
-    q_t = F.normalize(teacher(im_q)[0], dim=1)
-    timer.lap('teacher_forward')
-    with torch.no_grad():
-        model.teacher_encoder_k.update_parameters(teacher)
-    timer.lap('teacher_momentum_update')
-    k_t = model._encode_keys(None, model.teacher_encoder_k, im_k, stream=1)
-    timer.lap('teacher_key_forward')
-
-    teacher_queue = model.teacher_queue.clone().detach()
-    student_queue = model.queue.clone().detach()
-    timer.lap('queue_read')
-    l_pos = torch.einsum('nc,nc->n', q_t, k_t).unsqueeze(-1)
-    l_neg = q_t @ teacher_queue
-    losses['loss_teacher'] = weights['teacher'] * model.teacher_head.loss(
-        l_pos, l_neg)
-    timer.lap('teacher_loss')
-
-    labels = torch.stack([
-        sample.gt_label[0] if 'gt_label' in sample else torch.tensor(-1)
-        for sample in data_samples
-    ]).to(device=k_t.device, dtype=torch.long) if data_samples else \
-        torch.full((k_t.shape[0], ), -1, device=k_t.device)
-    timer.lap('labels')
-
-    with torch.no_grad():
-        all_k_t = torch.cat(all_gather(k_t.float()))
-        center = (all_k_t.mean(0)
-                  if model.mining_center is not None else None)
-    timer.lap('gather_teacher_keys')
-    model.maybe_refresh_queue_assign()
-    timer.lap('mining_refresh')
-    pos_mask, anchor_assign = model.mine_relations(k_t, center)
-    timer.lap('mining_assign_and_mask')
-    losses['loss_relation'] = weights['relation'] * model.head.loss(
-        q_s, k_s, student_queue, pos_mask)
-    timer.lap('relation_loss')
-    losses.update(model._relation_stats(pos_mask, anchor_assign, labels))
-    timer.lap('relation_stats')
-
-    with torch.no_grad():
-        all_k_s = torch.cat(all_gather(k_s.float()))
-        all_labels = torch.cat(all_gather(labels))
-        all_m_t = model.mining_space(all_k_t, center)
-        all_assign = model.update_bank(all_m_t)
-        timer.lap('bank_update')
-        model._dequeue_and_enqueue(all_k_s, all_k_t, all_assign, all_labels,
-                                   all_m_t)
-    timer.lap('enqueue')
-
-    parsed, _ = model.parse_losses(losses)
-    timer.lap('parse_losses')
-    # OptimWrapper.update_params = backward + step + zero_grad (no
-    # accumulation, no clipping in these configs); the backward is split.
-    optim_wrapper.backward(losses['loss_relation'])
-    timer.lap('student_backward')
-    optim_wrapper.backward(losses['loss_teacher'])
-    timer.lap('teacher_backward')
-    optim_wrapper.step()
-    optim_wrapper.zero_grad()
-    timer.lap('optimizer_step')
-    del parsed
-    return losses
-
-
-def _sync(device: str) -> None:
-    if device.startswith('cuda'):
-        torch.cuda.synchronize()
-
-
-def _memory_start(device: str) -> Dict:
-    if device.startswith('cuda'):
-        torch.cuda.reset_peak_memory_stats()
-        return dict(cuda_allocated_before_mib=torch.cuda.memory_allocated() /
-                    2**20)
-    peak_before = peak_rss_mib()
-    reset_ok = reset_peak_rss()
-    return dict(
-        rss_before_steps_mib=rss_mib(),
-        peak_rss_before_steps_mib=peak_before,
-        peak_rss_reset=reset_ok)
-
-
-def _memory_end(device: str, mem: Dict) -> Dict:
-    if device.startswith('cuda'):
-        mem['cuda_peak_allocated_mib'] = (
-            torch.cuda.max_memory_allocated() / 2**20)
-        mem['cuda_peak_over_before_mib'] = (
-            mem['cuda_peak_allocated_mib'] - mem['cuda_allocated_before_mib'])
-    else:
-        # Peak RSS of the whole process since the reset (or since its start
-        # where the reset is unavailable): includes the ~0.7 GiB of torch
-        # and mmpretrain, hence also the delta over the RSS before the steps.
-        mem['peak_rss_mib'] = peak_rss_mib()
-        mem['peak_rss_over_before_mib'] = (
-            mem['peak_rss_mib'] - mem['rss_before_steps_mib'])
-    return mem
+# The building blocks live in common.py (shared with gpu_check.py).
+_init_scope = init_scope
+_sync = sync
+_memory_start = memory_start
+_memory_end = memory_end
 
 
 def _time_refresh(model: nn.Module, device: str, reps: int = 3) -> float:
@@ -585,10 +265,9 @@ def run_timing(cfg, args: argparse.Namespace, names: List[str]) -> Dict:
         if name.startswith('moco'):
             model = build_model(cfg, name).to(device)
             model.train()
-            steps[name] = functools.partial(train_step, model,
-                                            build_optim_wrapper(
-                                                model, cfg, device), inputs,
-                                            samples)
+            steps[name] = functools.partial(
+                train_step, model, build_optim_wrapper(model, cfg, device),
+                inputs, samples)
             continue
         extra[name] = dict(rekd_info)
         if name == 'rekd':
@@ -606,8 +285,7 @@ def run_timing(cfg, args: argparse.Namespace, names: List[str]) -> Dict:
             steps[name] = exact_step
         else:
             steps[name] = functools.partial(rekd_step_by_step, rekd,
-                                            rekd_optim, inputs, samples,
-                                            timer)
+                                            rekd_optim, inputs, samples, timer)
 
     times, phases, last = defaultdict(list), defaultdict(list), {}
     # CPU time of this process (user, system) and minor page faults per
@@ -647,8 +325,8 @@ def run_timing(cfg, args: argparse.Namespace, names: List[str]) -> Dict:
             rusage_medians={k: median(v)
                             for k, v in usage[name].items()},
             cpu_seconds=[
-                u + y for u, y in zip(usage[name]['user_seconds'],
-                                      usage[name]['system_seconds'])
+                u + y for u, y in zip(usage[name]['user_seconds'], usage[name]
+                                      ['system_seconds'])
             ],
             **extra.get(name, {}))
         if name.startswith('rekd'):
@@ -739,9 +417,8 @@ def run_miner_only(cfg, args: argparse.Namespace) -> Dict:
               lambda: model._relation_stats(mask, assign, labels))
 
         all_assign = timed('bank_update', lambda: model.update_bank(k_t))
-        timed(
-            'enqueue', lambda: model._dequeue_and_enqueue(
-                k_s, k_t, all_assign, labels))
+        timed('enqueue',
+              lambda: model._dequeue_and_enqueue(k_s, k_t, all_assign, labels))
     medians = {
         name: median(values[args.warmup:])
         for name, values in phases.items()
@@ -807,8 +484,10 @@ def run_staleness(cfg, args: argparse.Namespace) -> Dict:
 
     if args.synthetic:
         raise ValueError('the staleness study trains on real data')
-    hooks = [h for h in cfg.get('custom_hooks', [])
-             if h.get('type') == 'RelationMinerHook']
+    hooks = [
+        h for h in cfg.get('custom_hooks', [])
+        if h.get('type') == 'RelationMinerHook'
+    ]
     if not hooks or hooks[0].get('init_iter') is None:
         raise ValueError(f'{args.config}: the staleness study needs a '
                          'RelationMinerHook with init_iter in custom_hooks')
@@ -819,7 +498,10 @@ def run_staleness(cfg, args: argparse.Namespace) -> Dict:
         priority = 'LOWEST'
 
         @torch.no_grad()
-        def after_train_iter(self, runner, batch_idx, data_batch=None,
+        def after_train_iter(self,
+                             runner,
+                             batch_idx,
+                             data_batch=None,
                              outputs=None):
             model = get_ori_model(runner.model)
             if not model.miner.is_initialized:
@@ -841,8 +523,8 @@ def run_staleness(cfg, args: argparse.Namespace) -> Dict:
                     iter=runner.iter + 1,
                     age=int(model.queue_assign_age),
                     slot_mismatch=float((exact != cached).float().mean()),
-                    pair_error=float((pos_exact ^ pos_cached).sum()) /
-                    max(1, num_exact),
+                    pair_error=float(
+                        (pos_exact ^ pos_cached).sum()) / max(1, num_exact),
                     exact_pairs_per_anchor=num_exact / batch,
                     anchor_assigned_ratio=float(
                         (anchor_assign >= 0).float().mean())))
@@ -887,9 +569,8 @@ def _run_worker_subprocess(args: argparse.Namespace, argv: List[str],
         return result
     with tempfile.TemporaryDirectory() as tmp:
         out_path = os.path.join(tmp, 'out.json')
-        cmd = [sys.executable, os.path.abspath(__file__)] + argv + worker + [
-            '--worker-out', out_path
-        ]
+        cmd = [sys.executable, os.path.abspath(__file__)
+               ] + argv + worker + ['--worker-out', out_path]
         start = time.perf_counter()
         proc = subprocess.run(
             cmd, capture_output=True, text=True, timeout=args.timeout)
@@ -923,17 +604,14 @@ def summarise(results: Dict) -> Dict:
             refresh_cost_share={
                 str(i): rekd['refresh_seconds'] / i / c
                 for i in sorted(
-                    set(results['settings']['refresh_intervals'] +
-                        [interval]))
+                    set(results['settings']['refresh_intervals'] + [interval]))
             })
         # Per round (the variants of a round ran back to back, under the same
         # background load): a ratio less exposed to load drift.
-        per_round = [
-            (r + rekd['refresh_seconds'] / interval) / (s + t)
-            for r, s, t in zip(rekd['step_seconds'], var['moco_student']
-                               ['step_seconds'], var['moco_teacher']
-                               ['step_seconds'])
-        ]
+        per_round = [(r + rekd['refresh_seconds'] / interval) / (s + t)
+                     for r, s, t in zip(rekd['step_seconds'],
+                                        var['moco_student']['step_seconds'],
+                                        var['moco_teacher']['step_seconds'])]
         summary['rekd_over_student_plus_teacher_per_round'] = dict(
             median=median(per_round),
             q25=_quantile(per_round, 0.25),
@@ -959,8 +637,8 @@ def summarise(results: Dict) -> Dict:
         if refresh is not None:
             # The timed breakdown never refreshes; charge the amortised
             # refresh at the config's interval.
-            phases['mining_refresh'] = (phases.get('mining_refresh', 0.0) +
-                                        refresh / interval)
+            phases['mining_refresh'] = (
+                phases.get('mining_refresh', 0.0) + refresh / interval)
         total = sum(phases.values())
         groups = {
             name: sum(phases.get(p, 0.0) for p in members)
@@ -975,20 +653,22 @@ def summarise(results: Dict) -> Dict:
             mining_plus_bank_update_share=(groups['relation mining'] +
                                            groups['bank update']) / total,
             target_mining_plus_bank_update_share=0.03,
-            rekd_extra_over_two_mocos_share=(
-                groups['relation mining'] + groups['bank update'] +
-                groups['logged statistics']) / total)
+            rekd_extra_over_two_mocos_share=(groups['relation mining'] +
+                                             groups['bank update'] +
+                                             groups['logged statistics']) /
+            total)
     if 'loading' in var:
         ld = var['loading']
-        summary['loading_dominates'] = (ld['median_wait_seconds'] >
-                                        ld['median_compute_seconds'])
+        summary['loading_dominates'] = (
+            ld['median_wait_seconds'] > ld['median_compute_seconds'])
         summary['loading_wait_share'] = ld['mean_wait_seconds'] / (
             ld['mean_wait_seconds'] + ld['mean_compute_seconds'])
     if 'miner' in var:
         miner = var['miner']
         ph = miner['phase_seconds']
-        mining = (ph['mining_assign_and_mask'] + ph['bank_update'] +
-                  miner['refresh_seconds'] / miner['config_refresh_interval'])
+        mining = (
+            ph['mining_assign_and_mask'] + ph['bank_update'] +
+            miner['refresh_seconds'] / miner['config_refresh_interval'])
         out = dict(
             batch=miner['batch'],
             mining_plus_bank_update_seconds=mining,
@@ -1038,8 +718,7 @@ def summarise_staleness(stale: Dict, intervals: List[int]) -> Dict:
             out['at_age'][str(age)] = dict(
                 slot_mismatch=by_age[age]['slot_mismatch'],
                 pair_error=by_age[age]['pair_error'],
-                anchor_assigned_ratio=by_age[age].get(
-                    'anchor_assigned_ratio'))
+                anchor_assigned_ratio=by_age[age].get('anchor_assigned_ratio'))
     for interval in intervals:
         if interval - 1 not in by_age and interval > 1:
             continue
@@ -1061,16 +740,17 @@ def to_markdown(results: Dict) -> str:
         f"Command: `{results['command']}`", '',
         f"Machine: {machine['cpu_model']}, {machine['usable_cores']} usable "
         f"cores, torch {machine['torch']}, {machine['torch_threads']} "
-        f"thread(s), device {results['settings']['device']}"
-        + (f" ({machine.get('cuda_device')})"
-           if machine.get('cuda_device') else '') +
-        f", load average {machine['load_average']}.", ''
+        f"thread(s), device {results['settings']['device']}" +
+        (f" ({machine.get('cuda_device')})" if machine.get('cuda_device') else
+         '') + f", load average {machine['load_average']}.", ''
     ]
     any_var = next((v for v in var.values() if 'inputs' in v), None)
     if any_var is not None:
-        lines += [f"Inputs: {any_var['inputs']['source']}. Medians over "
-                  f"{results['settings']['iters']} iterations after "
-                  f"{results['settings']['warmup']} warm-up.", '']
+        lines += [
+            f"Inputs: {any_var['inputs']['source']}. Medians over "
+            f"{results['settings']['iters']} iterations after "
+            f"{results['settings']['warmup']} warm-up.", ''
+        ]
     rows = []
     for name in TIMED:
         if name not in var:
@@ -1112,14 +792,13 @@ def to_markdown(results: Dict) -> str:
             f"{summ.get('rekd_over_student_plus_teacher_cpu_time', 0):.3f}. "
             'One full queue refresh: '
             f"{summ['refresh_seconds']:.4g} s; share of a ReKD step per "
-            'refresh interval: ' + ', '.join(
-                f'{i}: {s * 100:.2f}%'
-                for i, s in summ['refresh_cost_share'].items()) + '.', ''
+            'refresh interval: ' +
+            ', '.join(f'{i}: {s * 100:.2f}%'
+                      for i, s in summ['refresh_cost_share'].items()) + '.', ''
         ]
     if 'breakdown_groups_seconds' in summ:
-        rows = [[
-            k, v, summ['breakdown_groups_share'][k] * 100
-        ] for k, v in summ['breakdown_groups_seconds'].items()]
+        rows = [[k, v, summ['breakdown_groups_share'][k] * 100]
+                for k, v in summ['breakdown_groups_seconds'].items()]
         lines += [
             'ReKD step, phase by phase (re-played with the model\'s own '
             'methods, medians per phase):', '',
@@ -1169,19 +848,21 @@ def to_markdown(results: Dict) -> str:
             f"(K={sv['num_prototypes']}, L={sv['queue_len']}, batch "
             f"{sv['batch_size']}, {sv['iters_after_init']} iterations after "
             f"the bank's initialisation at iter {sv['init_iter']}):", '',
-            markdown_table(
-                ['iterations since refresh', 'slots mismatched %',
-                 'mined pairs wrong %', 'anchors assigned %'],
-                [[a, v['slot_mismatch'] * 100, v['pair_error'] * 100,
-                  None if v['anchor_assigned_ratio'] is None else
-                  v['anchor_assigned_ratio'] * 100]
-                 for a, v in st['at_age'].items()]), '',
-            markdown_table(
-                ['refresh interval', 'mean slots mismatched %',
-                 'mean mined pairs wrong %', 'anchors assigned throughout'],
-                [[i, v['slot_mismatch'] * 100, v['pair_error'] * 100,
-                  'yes' if v['bank_alive_throughout'] else 'no']
-                 for i, v in st['mean_over_cycle'].items()]), ''
+            markdown_table([
+                'iterations since refresh', 'slots mismatched %',
+                'mined pairs wrong %', 'anchors assigned %'
+            ], [[
+                a, v['slot_mismatch'] * 100, v['pair_error'] * 100,
+                None if v['anchor_assigned_ratio'] is None else
+                v['anchor_assigned_ratio'] * 100
+            ] for a, v in st['at_age'].items()]), '',
+            markdown_table([
+                'refresh interval', 'mean slots mismatched %',
+                'mean mined pairs wrong %', 'anchors assigned throughout'
+            ], [[
+                i, v['slot_mismatch'] * 100, v['pair_error'] * 100,
+                'yes' if v['bank_alive_throughout'] else 'no'
+            ] for i, v in st['mean_over_cycle'].items()]), ''
         ]
         if st['first_age_without_assigned_anchor'] is not None:
             lines += [
@@ -1234,8 +915,7 @@ def main(argv: Optional[List[str]] = None) -> Dict:
         print(f'[train_speed] timing {timed} ...', flush=True)
         timing = _run_worker_subprocess(
             args, argv, ['--worker', 'timing', '--timed-variants'] + timed)
-        results['timing_subprocess_seconds'] = timing.pop(
-            'subprocess_seconds')
+        results['timing_subprocess_seconds'] = timing.pop('subprocess_seconds')
         results['variants'].update(timing)
         for name in ('moco_student', 'moco_teacher', 'rekd'):
             if name in timed:
@@ -1243,9 +923,8 @@ def main(argv: Optional[List[str]] = None) -> Dict:
                 results['variants'][name]['memory'] = _run_worker_subprocess(
                     args, argv,
                     ['--worker', 'memory', '--memory-variant', name])
-    for worker in ('loading', ) * ('loading' in variants) + (
-            'staleness', ) * (args.staleness_iters > 0) + (
-                'miner', ) * (args.miner_batch > 0):
+    for worker in ('loading', ) * ('loading' in variants) + ('staleness', ) * (
+            args.staleness_iters > 0) + ('miner', ) * (args.miner_batch > 0):
         print(f'[train_speed] {worker} ...', flush=True)
         results['variants'][worker] = _run_worker_subprocess(
             args, argv, ['--worker', worker])

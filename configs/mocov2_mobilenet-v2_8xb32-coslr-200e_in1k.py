@@ -9,11 +9,8 @@ model = dict(
     backbone=dict(_delete_=True, type='MobileNetV2', widen_factor=1.0),
     neck=dict(in_channels=1280, hid_channels=1280))
 
-# `mmpretrain::` bases add `_scope_` to every dict, which default_collate
-# would receive as a keyword argument.
-train_dataloader = dict(collate_fn=dict(type='default_collate', _delete_=True))
-
-custom_hooks = [dict(type='LossGuardHook')]
+# ExportWeightsHook: work_dir/student_backbone.pth for the official tools.
+custom_hooks = [dict(type='LossGuardHook'), dict(type='ExportWeightsHook')]
 # Crash-safe checkpoints (temp file + rename); keep the latest 3.
 default_hooks = dict(
     checkpoint=dict(type='AtomicCheckpointHook', max_keep_ckpts=3))

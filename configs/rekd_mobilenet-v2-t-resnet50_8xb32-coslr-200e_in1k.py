@@ -13,16 +13,15 @@ model = dict(
     backbone=dict(type='MobileNetV2', widen_factor=1.0),
     neck=dict(in_channels=1280, hid_channels=1280))
 
-# `mmpretrain::` bases add `_scope_` to every dict, which default_collate
-# would receive as a keyword argument.
-train_dataloader = dict(collate_fn=dict(type='default_collate', _delete_=True))
-
 custom_hooks = [
     # The online teacher warms up for 10 epochs (its queue is full after 256
     # iterations), then the bank is clustered from the teacher queue.
     dict(type='RelationMinerHook', init_epoch=10, source='queue'),
     # Stop at the first NaN/inf loss term, before it can be checkpointed.
     dict(type='LossGuardHook'),
+    # At the end: work_dir/{student,teacher}_backbone.pth, plain tensors that
+    # mmpretrain/mmdet tools load with prefix='backbone.' (no rekd_mm import).
+    dict(type='ExportWeightsHook'),
 ]
 
 # Crash-safe checkpoints (temp file + rename); keep the latest 3.

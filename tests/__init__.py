@@ -1,0 +1,1 @@
+# Copyright (c) rekd_mm contributors. All rights reserved.

@@ -1,4 +1,4 @@
-# Copyright (c) OpenMMLab. All rights reserved.
+# Copyright (c) rekd_mm contributors. All rights reserved.
 """Run a function in several gloo processes on CPU and collect the results.
 
 Used by every test that must prove state stays equal across ranks.
@@ -20,8 +20,8 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _worker(rank: int, world_size: int, port: int, fn: Callable,
-            args: tuple, out_dir: str) -> None:
+def _worker(rank: int, world_size: int, port: int, fn: Callable, args: tuple,
+            out_dir: str) -> None:
     os.environ.update(
         MASTER_ADDR='127.0.0.1',
         MASTER_PORT=str(port),

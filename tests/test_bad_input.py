@@ -1,4 +1,4 @@
-# Copyright (c) OpenMMLab. All rights reserved.
+# Copyright (c) rekd_mm contributors. All rights reserved.
 """One test per row of docs/bad_input.md.
 
 Each bad input must stop the run with an error that names the config key,
@@ -10,7 +10,6 @@ files as they were.
 import glob
 import hashlib
 import logging
-import os
 import os.path as osp
 
 import cv2
@@ -21,12 +20,13 @@ from mmengine.config import Config
 from mmengine.hooks import Hook
 from mmengine.logging import MMLogger
 from mmengine.runner import Runner
-
-import rekd_mm  # noqa: F401
 from mmpretrain.registry import DATASETS
 from mmpretrain.utils import get_ori_model
+
+import rekd_mm  # noqa: F401
 from rekd_mm.utils import DataPathError, check_data_roots
 from tests.toy_configs import toy_model_cfg, toy_runner_cfg
+
 
 def _digest(path):
     with open(path, 'rb') as f:
@@ -218,8 +218,8 @@ def _nan_run(work_dir, guard):
     cfg = toy_runner_cfg(
         work_dir,
         max_iters=6,
-        miner_hook=dict(init_iter=2, source='queue'),
-        custom_hooks=[dict(type='LossGuardHook')] if guard else [])
+        custom_hooks=[dict(type='RelationMinerHook', init_iter=2)] +
+        ([dict(type='LossGuardHook')] if guard else []))
     cfg['default_hooks']['checkpoint'] = dict(
         type='AtomicCheckpointHook', by_epoch=False, interval=2)
     runner = Runner.from_cfg(Config(cfg))

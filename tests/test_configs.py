@@ -1,4 +1,4 @@
-# Copyright (c) OpenMMLab. All rights reserved.
+# Copyright (c) rekd_mm contributors. All rights reserved.
 """Every config in configs/ loads, builds, and keeps its promises.
 
 A config whose student does not feed its neck (wrong ``in_channels``), whose
@@ -12,10 +12,11 @@ import re
 import pytest
 import torch
 from mmengine.config import Config
-
-import rekd_mm  # noqa: F401  (registers ReKD, its head and hook)
+from mmengine.registry import FUNCTIONS
 from mmpretrain.models import MoCo
 from mmpretrain.registry import HOOKS, MODELS
+
+import rekd_mm  # noqa: F401  (registers ReKD, its head and hook)
 from rekd_mm.models import ReKD
 
 CONFIG_DIR = osp.join(osp.dirname(osp.dirname(__file__)), 'configs')
@@ -76,8 +77,12 @@ def test_config_builds_and_student_feeds_feat_dim(name):
             assert out_t.shape == (2, feat_dim)
     assert model.queue.shape == (feat_dim, cfg.model.queue_len)
 
-    # The `mmpretrain::` bases' `_scope_` must not reach default_collate.
-    assert '_scope_' not in cfg.train_dataloader.collate_fn
+    # The collate_fn config, `_scope_` of `mmpretrain::` bases included, is
+    # callable the way Runner.build_dataloader binds it.
+    collate_cfg = dict(cfg.train_dataloader.collate_fn)
+    collate = FUNCTIONS.get(collate_cfg.pop('type'))
+    batch = collate([dict(x=torch.zeros(2))] * 2, **collate_cfg)
+    assert batch['x'].shape == (2, 2)
 
     hooks = [
         h for h in cfg.get('custom_hooks') or []

@@ -1,4 +1,4 @@
-# Copyright (c) OpenMMLab. All rights reserved.
+# Copyright (c) rekd_mm contributors. All rights reserved.
 """Tiny ReKD configs shared by the tests.
 
 Everything is sized for a busy 2-core CPU: 16 px crops of a 64-image
@@ -118,8 +118,7 @@ def toy_dataloader_cfg(batch_size: int = 8,
             pipeline=[
                 dict(type='GrayToRGB'),
                 dict(
-                    type='MultiView', num_views=2,
-                    transforms=[view_pipeline]),
+                    type='MultiView', num_views=2, transforms=[view_pipeline]),
                 dict(type='PackInputs')
             ]))
 
@@ -228,7 +227,6 @@ def toy_runner_cfg(work_dir: str,
         log_processor=dict(by_epoch=False, window_size=1),
         log_level='WARNING',
         randomness=dict(seed=seed, deterministic=True),
-        env_cfg=dict(
-            cudnn_benchmark=False, dist_cfg=dict(backend='gloo')))
+        env_cfg=dict(cudnn_benchmark=False, dist_cfg=dict(backend='gloo')))
     cfg.update(copy.deepcopy(overrides))
     return cfg

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# Copyright (c) rekd_mm contributors. All rights reserved.
 # Build mmcv 2.1.0 with its compiled CPU ops (needed only by mmdet 3.3.0, for
 # detection transfer) into a wheel cached outside the clone.
 #

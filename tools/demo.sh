@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# Copyright (c) rekd_mm contributors. All rights reserved.
 # Install everything (idempotent) and run the ReKD demo on Fashion-MNIST (CPU).
 # Extra arguments go to tools/demo.py (e.g. --work-dir, --cfg-options).
 set -euo pipefail

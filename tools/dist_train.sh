@@ -1,4 +1,7 @@
 #!/usr/bin/env bash
+# Copyright (c) OpenMMLab. All rights reserved.
+# Derived from mmpretrain 1.2.0's tools/dist_train.sh (Apache-2.0);
+# modified by rekd_mm contributors.
 # Distributed training on one or more machines with torchrun.
 #
 # Usage: bash tools/dist_train.sh CONFIG GPUS [train.py args...]

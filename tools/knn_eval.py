@@ -1,4 +1,4 @@
-# Copyright (c) OpenMMLab. All rights reserved.
+# Copyright (c) rekd_mm contributors. All rights reserved.
 """Weighted-kNN evaluation (InstDisc) of a checkpoint's student or teacher.
 
 Example::
@@ -48,6 +48,8 @@ def parse_args():
     parser.add_argument('--seed', type=int, default=0, help='subset seed')
     parser.add_argument('--out', help='write the results as JSON here')
     parser.add_argument(
+        '--force', action='store_true', help='replace an existing --out file')
+    parser.add_argument(
         '--cfg-options',
         nargs='+',
         action=DictAction,
@@ -70,7 +72,8 @@ def main():
         max_train=args.max_train,
         max_val=args.max_val,
         out=args.out,
-        seed=args.seed)
+        seed=args.seed,
+        force=args.force)
 
 
 if __name__ == '__main__':

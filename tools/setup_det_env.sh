@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# Copyright (c) rekd_mm contributors. All rights reserved.
 # Create (or reuse) the SECOND virtual environment, for detection transfer with mmdet 3.3.0.
 #
 # The main venv (tools/setup_env.sh) carries mmcv-lite, which has no compiled ops; mmdet needs

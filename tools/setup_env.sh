@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# Copyright (c) rekd_mm contributors. All rights reserved.
 # Create (or reuse) the project's virtual environment and install the Debian data package.
 #
 # The venv lives outside the clone, keyed by the hash of the pinned requirements, so a fresh
@@ -15,7 +16,7 @@ cache_root="${REKD_CACHE:-$HOME/.cache/rekd_mm}"
 python_bin="${PYTHON:-$(command -v python3.11 || command -v python3)}"
 
 req_hash="$(cat "$repo_root"/requirements/runtime.txt "$repo_root"/requirements/tests.txt \
-    "$repo_root"/setup.cfg | sha256sum | cut -c1-12)"
+    "$repo_root"/requirements/optional.txt "$repo_root"/setup.cfg | sha256sum | cut -c1-12)"
 venv_dir="$cache_root/venv-$req_hash"
 
 # Fashion-MNIST, the embedded default data set (MIT): four *-ubyte.gz files.
@@ -45,8 +46,9 @@ if [ ! -f "$venv_dir/.complete" ]; then
     mkdir -p "$cache_root"
     "$python_bin" -m venv "$venv_dir"
     "$venv_dir/bin/python" -m pip install -q --upgrade "pip<26" wheel
+    # optional.txt (TensorBoard) too: the test suite checks the --tensorboard switch.
     "$venv_dir/bin/python" -m pip install -q -r "$repo_root/requirements/runtime.txt" \
-        -r "$repo_root/requirements/tests.txt"
+        -r "$repo_root/requirements/tests.txt" -r "$repo_root/requirements/optional.txt"
     touch "$venv_dir/.complete"
 fi
 # The project itself is installed editable on every run: cheap, and it follows the clone.

@@ -1,4 +1,7 @@
 #!/usr/bin/env bash
+# Copyright (c) OpenMMLab. All rights reserved.
+# Derived from mmpretrain 1.2.0's tools/slurm_train.sh (Apache-2.0);
+# modified by rekd_mm contributors.
 # Distributed training under Slurm (one task per GPU).
 #
 # Usage: bash tools/slurm_train.sh PARTITION JOB_NAME CONFIG [train.py args...]

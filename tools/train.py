@@ -1,4 +1,6 @@
 # Copyright (c) OpenMMLab. All rights reserved.
+# Derived from mmpretrain 1.2.0's tools/train.py (Apache-2.0);
+# modified by rekd_mm contributors.
 """Train a model with mmengine's Runner: mmpretrain's ``tools/train.py``
 plus a data-path preflight and the CPU-distributed set-up of rekd_mm.
 
@@ -9,11 +11,14 @@ Examples::
         configs/rekd_mobilenet-v2-t-resnet18_1xb64-400i_fashion-mnist.py
     # 8 GPUs
     bash tools/dist_train.sh configs/rekd_mbv2_r50_200e.py 8
+    # TensorBoard event files too (pip install -r requirements/optional.txt)
+    python tools/train.py CONFIG --tensorboard
     # 2 CPU processes (gloo)
     python -m torch.distributed.run --nproc_per_node=2 tools/train.py \
         CONFIG --launcher pytorch
 """
 import argparse
+import importlib.util
 import os
 import os.path as osp
 import sys
@@ -67,6 +72,13 @@ def parse_args():
         help='whether to disable the persistent_workers option in dataloaders.'
     )
     parser.add_argument(
+        '--tensorboard',
+        action='store_true',
+        help='also write the logged scalars (losses, relation statistics, '
+        'learning rate) to TensorBoard event files under '
+        '<work_dir>/<timestamp>/vis_data (needs the optional `tensorboard` '
+        'package: pip install -r requirements/optional.txt)')
+    parser.add_argument(
         '--cfg-options',
         nargs='+',
         action=DictAction,
@@ -90,6 +102,24 @@ def parse_args():
         os.environ['LOCAL_RANK'] = str(args.local_rank)
 
     return args
+
+
+def add_tensorboard_backend(cfg):
+    """Add mmengine's ``TensorboardVisBackend`` to ``cfg.visualizer`` (the
+    Runner's default visualizer when the config has none), after checking
+    that ``tensorboard`` is installed: mmengine would only fail at the first
+    logged scalar."""
+    if importlib.util.find_spec('tensorboard') is None:
+        sys.exit('tools/train.py: --tensorboard needs the tensorboard '
+                 'package: pip install -r requirements/optional.txt')
+    visualizer = cfg.get('visualizer') or ConfigDict(
+        type='Visualizer', vis_backends=[dict(type='LocalVisBackend')])
+    backends = list(visualizer.get('vis_backends') or [])
+    if not any('TensorboardVisBackend' in str(backend.get('type'))
+               for backend in backends):
+        backends.append(dict(type='TensorboardVisBackend'))
+    visualizer['vis_backends'] = backends
+    cfg.visualizer = visualizer
 
 
 def merge_args(cfg, args):
@@ -129,6 +159,9 @@ def merge_args(cfg, args):
             sys.exit(f'tools/train.py: --auto-scale-lr needs auto_scale_lr='
                      f'dict(base_batch_size=...) in {args.config}')
         cfg.auto_scale_lr.enable = True
+
+    if args.tensorboard:
+        add_tensorboard_backend(cfg)
 
     # set dataloader args
     default_dataloader_cfg = ConfigDict(

@@ -1,5 +1,6 @@
-# Fashion-MNIST (Debian's dataset-fashion-mnist, unpacked by tools/setup_env.sh
-# into data/fashion_mnist) with the MoCo v2 augmentations at 32 px, CPU-friendly.
+# Fashion-MNIST (Debian's dataset-fashion-mnist, unpacked by
+# tools/setup_env.sh into data/fashion_mnist) with the MoCo v2 augmentations at
+# 32 px, CPU-friendly.
 dataset_type = 'FashionMNIST'
 data_root = 'data/fashion_mnist'
 # Fashion-MNIST mean/std (grey, repeated to three channels).
@@ -49,8 +50,8 @@ train_dataloader = dict(
         download=False,
         pipeline=train_pipeline))
 
-# Labelled splits for kNN evaluation (no augmentation), used by tools/knn_eval.py
-# and the demo.
+# Labelled splits for kNN evaluation (no augmentation), used by
+# tools/knn_eval.py and the demo.
 test_pipeline = [
     dict(type='GrayToRGB'),
     dict(type='Resize', scale=32, backend='pillow'),

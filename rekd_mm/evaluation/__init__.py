@@ -1,4 +1,4 @@
-# Copyright (c) OpenMMLab. All rights reserved.
+# Copyright (c) rekd_mm contributors. All rights reserved.
 from .knn import (build_data_preprocessor, build_knn_dataloader, evaluate_knn,
                   extract_features, pool_features, weighted_knn)
 from .knn_eval import format_knn_table, run_knn_eval

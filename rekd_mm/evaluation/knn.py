@@ -1,4 +1,4 @@
-# Copyright (c) OpenMMLab. All rights reserved.
+# Copyright (c) rekd_mm contributors. All rights reserved.
 """Weighted k-nearest-neighbour evaluation of frozen features.
 
 The protocol of InstDisc (`Wu et al., CVPR 2018
@@ -21,9 +21,8 @@ import torch.nn.functional as F
 from mmengine.dist import all_gather, get_world_size, is_main_process
 from mmengine.runner import Runner
 from mmengine.utils import ProgressBar
-from torch.utils.data import DataLoader
-
 from mmpretrain.registry import DATASETS, MODELS
+from torch.utils.data import DataLoader
 
 __all__ = [
     'extract_features', 'weighted_knn', 'evaluate_knn', 'build_knn_dataloader',
@@ -190,8 +189,8 @@ def extract_features(
     indices = _gather_rows(torch.cat(indices).to(device))
     # Scatter into data set order; padded duplicates overwrite themselves.
     dataset = getattr(dataloader, 'dataset', None)
-    num = len(dataset) if hasattr(dataset, '__len__') else int(
-        indices.max()) + 1
+    num = len(dataset) if hasattr(dataset,
+                                  '__len__') else int(indices.max()) + 1
     out_feats = feats.new_zeros((num, feats.shape[1]))
     out_labels = labels.new_full((num, ), -1)
     filled = torch.zeros(num, dtype=torch.bool, device=device)

@@ -1,22 +1,23 @@
-# Copyright (c) OpenMMLab. All rights reserved.
+# Copyright (c) rekd_mm contributors. All rights reserved.
 """kNN evaluation of a checkpoint's student or teacher backbone (the
 function behind ``tools/knn_eval.py`` and the demo)."""
 import copy
-import json
-import os
-import os.path as osp
 from typing import Optional, Sequence, Union
 
 from mmengine.config import Config
 from mmengine.device import get_device
 from mmengine.dist import is_main_process
 from mmengine.registry import init_default_scope
-
 from mmpretrain.registry import MODELS
+
 from rekd_mm.utils.checkpoint import load_prefixed_weights
+from rekd_mm.utils.outputs import atomic_json_dump, check_output_file
 from .knn import build_data_preprocessor, build_knn_dataloader, evaluate_knn
 
-__all__ = ['run_knn_eval', 'format_knn_table', 'backbone_cfg_for_prefix']
+__all__ = [
+    'run_knn_eval', 'format_knn_table', 'backbone_cfg_for_prefix',
+    'check_knn_args'
+]
 
 
 def backbone_cfg_for_prefix(cfg: Config, prefix: str) -> dict:
@@ -39,6 +40,22 @@ def backbone_cfg_for_prefix(cfg: Config, prefix: str) -> dict:
     backbone_cfg = copy.deepcopy(model_cfg[key])
     backbone_cfg.pop('init_cfg', None)  # the checkpoint provides weights
     return backbone_cfg
+
+
+def check_knn_args(k: Union[int, Sequence[int]], temperature: float,
+                   max_train: Optional[int], max_val: Optional[int]) -> None:
+    """Check the kNN arguments before any compute, naming the option."""
+    ks = [k] if isinstance(k, int) else list(k)
+    if not ks or any(
+            isinstance(kk, bool) or not isinstance(kk, int) or kk < 1
+            for kk in ks):
+        raise ValueError(f'--k must be positive integers, got {k!r}')
+    if not temperature > 0:
+        raise ValueError(f'--temperature must be > 0, got {temperature!r}')
+    for name, value in (('--max-train', max_train), ('--max-val', max_val)):
+        if value is not None and (not isinstance(value, int) or value < 1):
+            raise ValueError(f'{name} must be a positive integer (or left '
+                             f'out for all samples), got {value!r}')
 
 
 def format_knn_table(result: dict, title: str = '') -> str:
@@ -74,7 +91,8 @@ def run_knn_eval(cfg: Union[str, Config],
                  out: Optional[str] = None,
                  seed: int = 0,
                  show_progress: bool = True,
-                 verbose: bool = True) -> dict:
+                 verbose: bool = True,
+                 force: bool = False) -> dict:
     """Weighted-kNN accuracy of a checkpoint's backbone.
 
     Builds the backbone that ``prefix`` names from the config's model, loads
@@ -100,14 +118,21 @@ def run_knn_eval(cfg: Union[str, Config],
         seed (int): Seed of the subsets. Defaults to 0.
         show_progress (bool): Progress bars. Defaults to True.
         verbose (bool): Print the table. Defaults to True.
+        force (bool): Replace an existing ``out`` (never an input).
+            Defaults to False.
 
     Returns:
         dict: ``k{k}_top1`` / ``k{k}_top5`` (percent), ``num_train``,
         ``num_val``, ``feat_dim``, ``checkpoint``, ``prefix``,
         ``temperature``.
     """
+    cfg_path = None
     if not isinstance(cfg, Config):
+        cfg_path = cfg
         cfg = Config.fromfile(cfg)
+    check_knn_args(k, temperature, max_train, max_val)
+    if out:
+        check_output_file(out, [checkpoint, cfg_path], force=force, arg='out')
     init_default_scope(cfg.get('default_scope', 'mmpretrain'))
     for name in ('knn_train_dataloader', 'knn_val_dataloader'):
         if cfg.get(name, None) is None:
@@ -144,9 +169,7 @@ def run_knn_eval(cfg: Union[str, Config],
                     f'T={temperature}: {result["num_train"]} train / '
                     f'{result["num_val"]} val, {result["feat_dim"]}-d'))
         if out:
-            os.makedirs(osp.dirname(osp.abspath(out)), exist_ok=True)
-            with open(out, 'w') as f:
-                json.dump(result, f, indent=2)
+            atomic_json_dump(result, out, indent=2)
             if verbose:
                 print(f'results written to {out}')
     return result

@@ -1,4 +1,4 @@
-# Copyright (c) OpenMMLab. All rights reserved.
+# Copyright (c) rekd_mm contributors. All rights reserved.
 """Diagnostics of ReKD's relation miner on labelled data.
 
 Runs the teacher's momentum encoder over a data set, assigns every embedding
@@ -15,7 +15,6 @@ It also renders image grids of the most-used prototypes and a histogram of
 prototype usage (matplotlib, Agg backend).
 """
 import copy
-import json
 import os
 import os.path as osp
 from typing import Dict, List, Optional, Sequence, Union
@@ -27,11 +26,17 @@ from mmengine.config import Config
 from mmengine.device import get_device
 from mmengine.registry import init_default_scope
 from mmengine.utils import ProgressBar
-
 from mmpretrain.registry import MODELS
+
 from rekd_mm.utils.checkpoint import (PretrainedMismatchError,
                                       load_state_dict_file)
+from rekd_mm.utils.outputs import (atomic_json_dump, atomic_write_with,
+                                   check_output_dir)
 from .knn import build_knn_dataloader
+
+# The files run_relation_diagnostics writes into out_dir.
+DIAGNOSTIC_FILES = ('prototype_grid.png', 'prototype_usage.png',
+                    'relation_diagnostics.json')
 
 __all__ = [
     'pairwise_relation_scores', 'collect_assignments', 'prototype_summary',
@@ -261,7 +266,7 @@ def render_prototype_grid(images: np.ndarray,
         'frame: green = majority class, red = other',
         fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    atomic_write_with(path, lambda tmp: fig.savefig(tmp, dpi=100))
     plt.close(fig)
     return path
 
@@ -310,7 +315,7 @@ def render_usage_histogram(assign: torch.Tensor, similarity: torch.Tensor,
     ax1.set_title('nearest-prototype similarity')
     ax1.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    atomic_write_with(path, lambda tmp: fig.savefig(tmp, dpi=100))
     plt.close(fig)
     return path
 
@@ -382,7 +387,8 @@ def run_relation_diagnostics(cfg: Union[str, Config],
                              seed: int = 0,
                              dataloader: Optional[dict] = None,
                              show_progress: bool = True,
-                             verbose: bool = True) -> dict:
+                             verbose: bool = True,
+                             force: bool = False) -> dict:
     """Assign a labelled data set with a ReKD checkpoint's bank, score the
     relations against the labels and render the figures.
 
@@ -398,13 +404,31 @@ def run_relation_diagnostics(cfg: Union[str, Config],
         dataloader (dict, optional): Defaults to ``cfg.knn_val_dataloader``.
         show_progress (bool): Progress bar. Defaults to True.
         verbose (bool): Print paths and numbers. Defaults to True.
+        force (bool): Replace existing output files. Defaults to False.
 
     Returns:
         dict: The scores, usage statistics, top prototypes and file paths
         (also written as JSON).
     """
+    cfg_path = None
     if not isinstance(cfg, Config):
+        cfg_path = cfg
         cfg = Config.fromfile(cfg)
+    for name, value, low in (('--rows', rows, 1), ('--cols', cols, 1),
+                             ('--max-samples', max_samples, 1)):
+        if value is None and name == '--max-samples':
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) \
+                or value < low:
+            raise ValueError(f'{name} must be an integer >= {low}, got '
+                             f'{value!r}')
+    # Before loading anything: the outputs can be written, and replace
+    # neither an input nor (without force) an earlier result.
+    check_output_dir(
+        out_dir,
+        DIAGNOSTIC_FILES, [checkpoint, cfg_path],
+        force=force,
+        arg='--out-dir')
     init_default_scope(cfg.get('default_scope', 'mmpretrain'))
     loader_cfg = dataloader or cfg.get('knn_val_dataloader', None)
     if loader_cfg is None:
@@ -451,8 +475,7 @@ def run_relation_diagnostics(cfg: Union[str, Config],
         result.update(pairwise_relation_scores(assign, labels))
     json_path = osp.join(out_dir, 'relation_diagnostics.json')
     result['json'] = json_path
-    with open(json_path, 'w') as f:
-        json.dump(_json_safe(result), f, indent=2)
+    atomic_json_dump(_json_safe(result), json_path, indent=2)
     if verbose:
         print(f'relation diagnostics of {checkpoint} on '
               f'{result["num_samples"]} samples:')

@@ -1,4 +1,4 @@
-# Copyright (c) OpenMMLab. All rights reserved.
+# Copyright (c) rekd_mm contributors. All rights reserved.
 from .algorithms import *  # noqa: F401,F403
 from .algorithms import __all__ as _algorithms_all
 from .backbones import *  # noqa: F401,F403

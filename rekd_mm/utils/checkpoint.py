@@ -1,4 +1,4 @@
-# Copyright (c) OpenMMLab. All rights reserved.
+# Copyright (c) rekd_mm contributors. All rights reserved.
 """Safe checkpoint loading under torch>=2.6 (``weights_only=True``).
 
 torch 2.6 made ``torch.load(weights_only=True)`` the default, and mmengine
@@ -11,7 +11,9 @@ imported. They were measured on a real ReKD checkpoint (model, optimizer,
 param scheduler, message hub, meta) with
 ``torch.serialization.get_unsafe_globals_in_checkpoint``:
 
-- ``mmengine.logging.history_buffer.HistoryBuffer``: the logged scalars;
+- ``mmengine.logging.history_buffer.HistoryBuffer``: the logged scalars,
+  rebuilt through :class:`_SafeHistoryBuffer`, whose ``__setstate__`` cannot
+  rewrite the statistic registry that every HistoryBuffer shares;
 - ``numpy.core.multiarray._reconstruct``, ``numpy.ndarray``,
   ``numpy.dtype`` and the dtype classes ``Float64DType`` and
   ``Int64DType``: the buffers' value and count histories;
@@ -34,9 +36,11 @@ loading the wrong prefix must fail loudly, because mmengine's non-strict
 load only warns and leaves a random backbone whose accuracy looks merely
 "low" (mmselfsup#330).
 """
+import os
 import os.path as osp
 import pickle
-from typing import Any, Dict, List, NamedTuple
+import zipfile
+from typing import Any, Dict, List, NamedTuple, Optional
 
 import numpy as np
 import torch
@@ -46,8 +50,9 @@ from mmengine.runner.checkpoint import CheckpointLoader
 
 __all__ = [
     'mmengine_checkpoint_globals', 'register_checkpoint_safe_globals',
-    'load_state_dict_file', 'PretrainedMismatchError', 'PrefixMatch',
-    'match_prefixed_state', 'describe_mismatch', 'load_prefixed_weights'
+    'CheckpointLoadError', 'torch_load_weights_only', 'load_state_dict_file',
+    'PretrainedMismatchError', 'PrefixMatch', 'match_prefixed_state',
+    'describe_mismatch', 'load_prefixed_weights'
 ]
 
 # The statistic methods that HistoryBuffer registers for itself.
@@ -69,13 +74,66 @@ def _history_buffer_getattr(obj: Any, name: str) -> Any:
     Returns:
         Any: The statistic method.
     """
-    if obj is HistoryBuffer and name in _HISTORY_BUFFER_STATISTICS:
-        return getattr(obj, name)
+    if (obj is HistoryBuffer or obj is _SafeHistoryBuffer) \
+            and name in _HISTORY_BUFFER_STATISTICS:
+        return getattr(HistoryBuffer, name)
     raise pickle.UnpicklingError(
         f'refusing getattr({obj!r}, {name!r}) in a weights_only load: only '
         f'HistoryBuffer.{{{",".join(_HISTORY_BUFFER_STATISTICS)}}} are '
         'allowed. The file is not a plain mmengine checkpoint; load it only '
         'if you trust it, with torch.load(weights_only=False).')
+
+
+_HISTORY_BUFFER_STATE_KEYS = ('max_length', '_log_history', '_count_history',
+                              'statistics_methods')
+
+
+class _SafeHistoryBuffer(HistoryBuffer):
+    """What a ``weights_only`` load builds for a pickled ``HistoryBuffer``.
+
+    mmengine's ``HistoryBuffer.__setstate__`` copies the pickled
+    ``statistics_methods`` into the registry that *every* HistoryBuffer
+    shares, so a crafted checkpoint could rebind e.g. ``'mean'`` to
+    ``HistoryBuffer.max`` (or any other allow-listed callable) for the whole
+    process. This ``__setstate__`` accepts only the stock entries
+    (``'min'`` -> ``HistoryBuffer.min`` ...), never writes the class
+    registry, accepts only a HistoryBuffer's own attributes, and then turns
+    the object into a plain ``HistoryBuffer`` (so it pickles, compares and
+    logs exactly like one).
+    """
+
+    def __setstate__(self, state: Any) -> None:
+        if not isinstance(state, dict):
+            raise pickle.UnpicklingError(
+                'refusing a HistoryBuffer whose pickled state is a '
+                f'{type(state).__name__}, not a dict')
+        unknown = set(state) - set(_HISTORY_BUFFER_STATE_KEYS)
+        if unknown:
+            raise pickle.UnpicklingError(
+                f'refusing a HistoryBuffer with unknown attributes '
+                f'{sorted(map(str, unknown))}; a HistoryBuffer pickles only '
+                f'{list(_HISTORY_BUFFER_STATE_KEYS)}')
+        methods = state.get('statistics_methods', {})
+        if not isinstance(methods, dict):
+            raise pickle.UnpicklingError(
+                'refusing a HistoryBuffer whose statistics_methods is a '
+                f'{type(methods).__name__}')
+        for name, method in methods.items():
+            stock = getattr(HistoryBuffer, name, None) \
+                if name in _HISTORY_BUFFER_STATISTICS else None
+            if stock is None or method is not stock:
+                raise pickle.UnpicklingError(
+                    f'refusing a HistoryBuffer that registers the statistic '
+                    f'{name!r} as {method!r}: a weights_only load accepts '
+                    f'only the stock HistoryBuffer.{{'
+                    f'{",".join(_HISTORY_BUFFER_STATISTICS)}}} methods, and '
+                    'never changes the registry shared by every '
+                    'HistoryBuffer.')
+        self.__class__ = HistoryBuffer
+        self._set_default_statistics()
+        self.__dict__.update(
+            {k: v
+             for k, v in state.items() if k != 'statistics_methods'})
 
 
 def mmengine_checkpoint_globals() -> list:
@@ -87,7 +145,9 @@ def mmengine_checkpoint_globals() -> list:
     """
     from numpy.core.multiarray import _reconstruct, scalar
     return [
-        HistoryBuffer,
+        # Under HistoryBuffer's own name, a subclass whose __setstate__
+        # cannot touch the class-wide registry of statistic methods.
+        (_SafeHistoryBuffer, 'mmengine.logging.history_buffer.HistoryBuffer'),
         # Named explicitly: under numpy 2 their ``__module__`` is
         # ``numpy._core.multiarray``, while checkpoints written under numpy 1
         # name ``numpy.core.multiarray``.
@@ -132,13 +192,80 @@ def _refusal_reason(err: Exception) -> str:
 _IGNORED_SUFFIXES = ('num_batches_tracked', )
 
 
+class CheckpointLoadError(RuntimeError, pickle.UnpicklingError):
+    """A checkpoint could not be read: missing pieces, not a torch file, or
+    refused by ``weights_only=True``. The message names the file or URL.
+
+    Both a ``RuntimeError`` and a ``pickle.UnpicklingError``, the two types
+    that callers of ``torch.load`` catch."""
+
+
+def _describe_file(path: str) -> str:
+    try:
+        size = os.path.getsize(path)
+    except OSError:
+        return ''
+    return f'{size} bytes'
+
+
+def torch_load_weights_only(path: str,
+                            map_location: Any = 'cpu',
+                            name: Optional[str] = None) -> Any:
+    """``torch.load(path, weights_only=True)`` with errors that name the
+    file.
+
+    A missing file is a ``FileNotFoundError``; an empty, truncated or
+    non-torch file and a pickle that the ``weights_only`` allow-list refuses
+    are a :class:`CheckpointLoadError` (instead of ``EOFError``,
+    ``KeyError: 101`` or a page of generic advice).
+
+    Args:
+        path (str): A local file.
+        map_location (Any): As in ``torch.load``. Defaults to ``'cpu'``.
+        name (str, optional): How to call the file in messages, e.g. the URL
+            it was downloaded from. Defaults to ``path``.
+
+    Returns:
+        Any: The loaded object.
+    """
+    name = path if name is None else name
+    path = osp.expanduser(path)
+    if not osp.exists(path):
+        raise FileNotFoundError(f'checkpoint file {name!r} does not exist')
+    if osp.isdir(path):
+        raise CheckpointLoadError(
+            f'checkpoint {name!r} is a directory, not a checkpoint file')
+    if osp.getsize(path) == 0:
+        raise CheckpointLoadError(
+            f'checkpoint {name!r} is empty (0 bytes): it was never written '
+            'completely (a crash or full disk while saving?). Use another '
+            'checkpoint, e.g. the previous iter_*.pth of the work directory.')
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # pickle refusals come in several types
+        reason = _refusal_reason(err)
+        if isinstance(err, (EOFError, KeyError, zipfile.BadZipFile)) or \
+                'zip archive' in reason or 'central directory' in reason:
+            raise CheckpointLoadError(
+                f'checkpoint {name!r} ({_describe_file(path)}) is truncated '
+                f'or not a torch checkpoint ({type(err).__name__}: '
+                f'{reason}). Use another checkpoint, e.g. the previous '
+                'iter_*.pth of the work directory.') from err
+        raise CheckpointLoadError(
+            f'could not load {name!r} with weights_only=True ({reason}). '
+            'Only tensors and mmengine checkpoint metadata are accepted: '
+            'if you trust the file, convert it to a plain state_dict of '
+            'tensors.') from err
+
+
 def load_state_dict_file(path: str) -> dict:
     """Read a state dict from a plain state dict or an mmengine checkpoint,
     always with ``weights_only=True`` so a malicious pickle cannot run code.
 
     Local files are read here; URLs and ``torchvision://``-style names go
-    through mmengine's ``CheckpointLoader``, whose ``torch.load`` defaults
-    to ``weights_only=True`` in torch>=2.6.
+    through mmengine's ``CheckpointLoader``, whose remote schemes ``import
+    rekd_mm`` replaces with downloads loaded ``weights_only=True`` (see
+    :mod:`rekd_mm.utils.safe_loaders`).
 
     Args:
         path (str): The file, or a URL / ``scheme://`` name.
@@ -147,18 +274,7 @@ def load_state_dict_file(path: str) -> dict:
         dict: The ``state_dict`` (the file itself when it is a plain one).
     """
     if osp.isfile(path) or '://' not in path:
-        try:
-            ckpt = torch.load(path, map_location='cpu', weights_only=True)
-        except FileNotFoundError:
-            raise FileNotFoundError(
-                f'checkpoint file {path!r} does not exist') from None
-        except Exception as err:  # pickle refusals come in several types
-            reason = _refusal_reason(err)
-            raise RuntimeError(
-                f'could not load {path!r} with weights_only=True ({reason}). '
-                'Only tensors and mmengine checkpoint metadata are accepted: '
-                'if you trust the file, convert it to a plain state_dict of '
-                'tensors.') from err
+        ckpt = torch_load_weights_only(path)
     else:
         ckpt = CheckpointLoader.load_checkpoint(path, map_location='cpu')
     if isinstance(ckpt, dict) and isinstance(ckpt.get('state_dict'), dict):

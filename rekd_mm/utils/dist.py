@@ -1,4 +1,4 @@
-# Copyright (c) OpenMMLab. All rights reserved.
+# Copyright (c) rekd_mm contributors. All rights reserved.
 """Distributed training on CPU-only machines with mmengine's Runner.
 
 mmengine 0.10.7 assumes a GPU per process as soon as a launcher is given:

@@ -1,4 +1,4 @@
-# Copyright (c) OpenMMLab. All rights reserved.
+# Copyright (c) rekd_mm contributors. All rights reserved.
 """Checks that run on the config before the Runner is built.
 
 A missing data set otherwise surfaces late and far from its cause: the
@@ -14,7 +14,6 @@ import os.path as osp
 from typing import Iterator, List, Optional, Sequence, Tuple
 
 from mmengine.config import Config
-
 from mmpretrain.registry import DATASETS
 
 __all__ = ['DataPathError', 'check_data_roots', 'default_dataloader_keys']

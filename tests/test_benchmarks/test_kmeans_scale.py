@@ -1,4 +1,4 @@
-# Copyright (c) OpenMMLab. All rights reserved.
+# Copyright (c) rekd_mm contributors. All rights reserved.
 """Smoke tests of benchmarks/kmeans_scale.py (not timed)."""
 import importlib.util
 import json

@@ -1,6 +1,6 @@
-# Copyright (c) OpenMMLab. All rights reserved.
+# Copyright (c) rekd_mm contributors. All rights reserved.
 """End-to-end test of benchmarks/quality.py on Fashion-MNIST with tiny
-settings (6 iterations, a 256-slot queue, K = 8, kNN on 500 + 500 images),
+settings (6 iterations, a 256-slot queue, K = 8, kNN on 300 + 200 images),
 and of its variant grammar. Nothing here is timed; the accuracies of such
 short runs are only checked to be valid percentages."""
 import importlib.util
@@ -8,7 +8,6 @@ import json
 import math
 import os
 import os.path as osp
-import re
 import subprocess
 import sys
 
@@ -20,7 +19,8 @@ SCRIPT = osp.join(REPO_ROOT, 'benchmarks', 'quality.py')
 ITERS = 6
 INIT_ITER = 2
 NUM_PROTOTYPES = 8
-VARIANTS = ['mocov2', 'rekd', 'rekd_no_relation']
+VARIANTS = ['mocov2', 'rekd', 'rekd_oracle', 'untrained', 'pixels']
+TRAINED = ['mocov2', 'rekd', 'rekd_oracle']
 
 
 @pytest.fixture(scope='module')
@@ -45,13 +45,17 @@ def test__variant_names_map_to_overrides(quality):
     spec = quality.parse_variant('rekd_k50_theta0.7')
     assert (spec['algorithm'], spec['num_prototypes'],
             spec['threshold']) == ('rekd', 50, 0.7)
-    assert quality.variant_cfg_options(spec, 100, miner_hook_index=0) == [
-        'model.miner.num_prototypes=50', 'model.miner.threshold=0.7'
-    ]
+    assert quality.variant_cfg_options(
+        spec, 100, miner_hook_index=0) == [
+            'model.miner.num_prototypes=50', 'model.miner.threshold=0.7'
+        ]
     # No relation: the bank is never clustered within the run.
     spec = quality.parse_variant('rekd_no_relation')
     assert quality.variant_cfg_options(
-        spec, 100, miner_hook_index=3) == ['custom_hooks.3.init_iter=101']
+        spec, 100, miner_hook_index=3) == [
+            'custom_hooks.3.init_iter=101',
+            'custom_hooks.3.allow_no_mining=True'
+        ]
     spec = quality.parse_variant('rekd_offline')
     assert quality.variant_cfg_options(
         spec, 100, offline_teacher='/x.pth', offline_prefix='teacher.') == [
@@ -61,9 +65,17 @@ def test__variant_names_map_to_overrides(quality):
     with pytest.raises(ValueError, match='--offline-teacher'):
         quality.variant_cfg_options(spec, 100)
     assert quality.variant_cfg_options(
-        quality.parse_variant('mocov2'), 100, miner_hook_index=0,
+        quality.parse_variant('mocov2'),
+        100,
+        miner_hook_index=0,
         miner_init_iter=5) == []
-    for bad in ('moco', 'rekd_kx', 'rekd_theta2', 'rekd_k5_k6', 'rekdk5'):
+    spec = quality.parse_variant('rekd_oracle')
+    assert quality.variant_cfg_options(
+        spec, 100) == ['model.relation_source=oracle_labels']
+    for ref in ('untrained', 'pixels', 'supervised'):
+        assert quality.parse_variant(ref)['algorithm'] == ref
+    for bad in ('moco', 'rekd_kx', 'rekd_theta2', 'rekd_k5_k6', 'rekdk5',
+                'pixels_k5'):
         with pytest.raises(ValueError, match=repr(bad)):
             quality.parse_variant(bad)
 
@@ -72,16 +84,16 @@ def test__end_to_end_on_fashion_mnist(tmp_path):
     assert osp.isdir(FASHION_MNIST_ROOT), 'run tools/setup_env.sh first'
     out = tmp_path / 'quality.json'
     no_workers = [
-        f'{loader}.num_workers=0' for loader in ('train_dataloader',
-                                                 'knn_train_dataloader',
-                                                 'knn_val_dataloader')
+        f'{loader}.num_workers=0'
+        for loader in ('train_dataloader', 'knn_train_dataloader',
+                       'knn_val_dataloader')
     ]
     cmd = [
         sys.executable, SCRIPT, '--datasets', 'fashion-mnist', '--variants',
         *VARIANTS, '--iters',
         str(ITERS), '--threads', '1', '--work-root',
         str(tmp_path / 'work'), '--out',
-        str(out), '--knn-max-train', '500', '--knn-max-val', '500',
+        str(out), '--knn-max-train', '300', '--knn-max-val', '200',
         '--miner-init-iter',
         str(INIT_ITER), '--probe-epochs', '1', '--probe-variants', 'mocov2',
         '--extra-cfg-options', 'model.queue_len=256',
@@ -96,7 +108,7 @@ def test__end_to_end_on_fashion_mnist(tmp_path):
         'train_dataloader.persistent_workers=False',
         'val_dataloader.persistent_workers=False'
     ]
-    proc = _run_quality(cmd, timeout=300)
+    proc = _run_quality(cmd, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
     results = json.loads(out.read_text())
@@ -107,27 +119,42 @@ def test__end_to_end_on_fashion_mnist(tmp_path):
     assert [r['variant'] for r in results['records']] == VARIANTS
     for name, rec in records.items():
         assert rec['dataset'] == 'fashion-mnist'
-        assert rec['checkpoint'].endswith(f'iter_{ITERS}.pth')
-        assert rec['train_wall_s'] > 0
         assert f'train_cfg.max_iters={ITERS}' in rec['cfg_options']
+        if name in TRAINED:
+            assert rec['checkpoint'].endswith(f'iter_{ITERS}.pth')
+            assert rec['train_wall_s'] > 0
+            assert rec['knn']['student']['prefix'] == 'backbone.'
+        else:
+            assert rec['train_wall_s'] == 0 and 'checkpoint' not in rec
         knn = rec['knn']['student']
-        assert (knn['num_train'], knn['num_val']) == (500, 500)
-        assert knn['prefix'] == 'backbone.'
+        assert (knn['num_train'], knn['num_val']) == (300, 200)
+        # The linear probe on the same frozen features, to convergence.
+        probe = knn['probe']
+        assert rec['student_probe_top1'] == probe['top1']
+        assert 0 <= probe['top1'] <= 100 and probe['converged']
         top1 = rec['student_knn_top1']
         assert math.isfinite(top1) and 0 <= top1 <= 100
         assert top1 == knn['k200_top1']
         assert rec['delta_vs_mocov2'] == pytest.approx(
             top1 - records['mocov2']['student_knn_top1'])
-        if name == 'mocov2':
+        if not name.startswith('rekd'):
             assert 'teacher' not in rec['knn'] and 'relation' not in rec
         else:
             assert rec['knn']['teacher']['prefix'] == 'teacher.backbone.'
-            assert rec['knn']['teacher']['feat_dim'] == 512  # ResNet-18
+            # Half-width ResNet-18 with the CIFAR stem.
+            assert rec['knn']['teacher']['feat_dim'] == 256
             assert 0 <= rec['teacher_knn_top1'] <= 100
+    assert records['pixels']['knn']['student']['feat_dim'] == 3 * 32 * 32
+    assert records['untrained']['knn']['student']['feat_dim'] == 1280
     # The teacher never sees the relation term (its gradient reaches the
     # student only): same seed, same data, same teacher.
     assert records['rekd']['teacher_knn_top1'] == \
-        records['rekd_no_relation']['teacher_knn_top1']
+        records['rekd_oracle']['teacher_knn_top1']
+    # The oracle's positives are the labels' own: every mined pair agrees.
+    oracle = records['rekd_oracle']['relation']['relation_precision']
+    assert oracle and all(p == 1.0 for _, p in oracle)
+    assert 'model.relation_source=oracle_labels' in \
+        records['rekd_oracle']['cfg_options']
 
     # ReKD mined relations from the iteration after the bank's clustering.
     relation = records['rekd']['relation']
@@ -135,24 +162,18 @@ def test__end_to_end_on_fashion_mnist(tmp_path):
     assert precision, 'no relation precision logged for rekd'
     assert all(it > INIT_ITER and 0 <= p <= 1 for it, p in precision)
     assert records['rekd']['relation_precision_last'] == precision[-1][1]
-    assert [it for it, _ in relation['proto_in_use']] == list(
-        range(1, ITERS + 1))
+    assert [it for it, _ in relation['proto_in_use']
+            ] == list(range(1, ITERS + 1))
     assert all(0 <= v <= NUM_PROTOTYPES for _, v in relation['proto_in_use'])
     assert relation['relation_pos_per_anchor'][-1][1] > 0
-    # Without relations the bank is never clustered: nothing is mined.
-    no_rel = records['rekd_no_relation']['relation']
-    assert no_rel['relation_precision'] == []
-    assert all(v == 0 for _, v in no_rel['relation_pos_per_anchor'])
-    assert any(
-        re.fullmatch(rf'custom_hooks\.\d+\.init_iter={ITERS + 1}', opt)
-        for opt in records['rekd_no_relation']['cfg_options'])
 
-    # The probe ran for mocov2 only, one epoch on 64 images.
+    # mmpretrain's probe config ran for mocov2 only, one epoch on 64 images.
     probe = records['mocov2']['probe']
     assert len(probe['epochs']) == 1
     assert 0 <= probe['top1'] <= 100 and probe['top1'] == \
-        records['mocov2']['probe_top1']
+        records['mocov2']['mmpretrain_probe_top1']
     assert 'probe' not in records['rekd']
+    assert 'model.backbone.type=MobileNetV2_CIFAR' in probe['cfg_options']
 
     # Markdown table and plot next to the JSON, paths printed.
     md = out.with_suffix('.md').read_text()
@@ -167,22 +188,22 @@ def test__end_to_end_on_fashion_mnist(tmp_path):
     # --append: an offline variant whose teacher is the rekd run's, added
     # to the same table; the earlier records stay as they were.
     first = results
-    cmd_append = cmd[:cmd.index('--variants') + 1] + ['rekd_offline'] + cmd[
-        cmd.index('--iters'):] + [
-            '--append', '--offline-teacher', records['rekd']['checkpoint'],
-            '--offline-teacher-prefix', 'teacher.'
-        ]
+    cmd_append = cmd[:cmd.index('--variants') + 1] + [
+        'rekd_offline'
+    ] + cmd[cmd.index('--iters'):] + [
+        '--append', '--offline-teacher', records['rekd']['checkpoint'],
+        '--offline-teacher-prefix', 'teacher.'
+    ]
     cmd_append[cmd_append.index('--probe-variants') + 1] = 'rekd_offline'
-    proc = _run_quality(cmd_append, timeout=300)
+    proc = _run_quality(cmd_append, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     results = json.loads(out.read_text())
-    assert [r['variant'] for r in results['records']] == VARIANTS + [
-        'rekd_offline'
-    ]
-    assert results['records'][:3] == first['records']
+    assert [r['variant']
+            for r in results['records']] == VARIANTS + ['rekd_offline']
+    assert results['records'][:len(VARIANTS)] == first['records']
     assert results['commands'] == [first['command'], results['command']]
     assert '--append' in results['command']
-    offline = results['records'][3]
+    offline = results['records'][len(VARIANTS)]
     assert 'model.teacher_pretrained.prefix=teacher.' in offline['cfg_options']
     assert offline['delta_vs_mocov2'] == pytest.approx(
         offline['student_knn_top1'] - records['mocov2']['student_knn_top1'])
@@ -198,3 +219,85 @@ def test__end_to_end_on_fashion_mnist(tmp_path):
     assert f'--iters {ITERS}' in proc.stderr and 'equal budgets' in \
         proc.stderr
     assert json.loads(out.read_text()) == results
+
+
+def test__reuse_scores_a_finished_run_again_without_training(tmp_path):
+    """--reuse takes the work dir's run of the same config and overrides
+    (on the supervised reference, which this also runs end to end)."""
+    out = tmp_path / 'quality.json'
+    cmd = [
+        sys.executable, SCRIPT, '--datasets', 'fashion-mnist', '--variants',
+        'supervised', '--iters', '2', '--threads', '1', '--work-root',
+        str(tmp_path / 'work'), '--out',
+        str(out), '--knn-max-train', '200', '--knn-max-val', '100',
+        '--no-feature-probe', '--extra-cfg-options',
+        'default_hooks.logger.interval=1', 'train_dataloader.batch_size=16',
+        'train_dataloader.num_workers=0',
+        'train_dataloader.persistent_workers=False',
+        'knn_train_dataloader.num_workers=0',
+        'knn_val_dataloader.num_workers=0'
+    ]
+    proc = _run_quality(cmd, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    first = json.loads(out.read_text())['records'][0]
+    assert 'probe' not in first['knn']['student']
+    assert first['config'].startswith('configs/benchmarks/supervised/')
+    assert first['knn']['student']['feat_dim'] == 1280
+
+    proc = _run_quality(cmd + ['--reuse'], timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    again = json.loads(out.read_text())['records'][0]
+    assert 'reusing' in proc.stdout and 'training 2 iterations' not in \
+        proc.stdout
+    assert again['reused'] and again['train_wall_s'] == first['train_wall_s']
+    assert again['student_knn_top1'] == first['student_knn_top1']
+
+    # Other overrides: trained anew, not reused.
+    other = cmd[:cmd.index('train_dataloader.batch_size=16')] + [
+        'train_dataloader.batch_size=8'
+    ] + cmd[cmd.index('train_dataloader.batch_size=16') + 1:] + ['--reuse']
+    proc = _run_quality(other, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert 'training 2 iterations' in proc.stdout
+
+
+def test__resume_continues_an_interrupted_run(tmp_path):
+    """--resume: a run stopped after its checkpoint at iteration 2 goes on
+    to the end from there (a study split across sessions)."""
+    work = tmp_path / 'work'
+    common = [
+        'default_hooks.logger.interval=1',
+        'default_hooks.checkpoint.interval=2',
+        'train_dataloader.batch_size=16', 'train_dataloader.num_workers=0',
+        'train_dataloader.persistent_workers=False', 'randomness.seed=0',
+        'knn_train_dataloader.num_workers=0',
+        'knn_val_dataloader.num_workers=0'
+    ]
+    config = 'configs/benchmarks/supervised/' \
+        'mobilenet-v2-cifar_1xb64-2ki_fashion-mnist.py'
+    # The "interrupted" first part: 2 iterations, checkpoint at 2.
+    first = subprocess.run([
+        sys.executable, 'tools/train.py', config, '--work-dir',
+        str(work / 'fashion-mnist' / 'supervised'), '--cfg-options',
+        'train_cfg.max_iters=2', *common
+    ],
+                           cwd=REPO_ROOT,
+                           env=dict(os.environ, OMP_NUM_THREADS='1'),
+                           capture_output=True,
+                           text=True,
+                           timeout=300)
+    assert first.returncode == 0, first.stderr[-3000:]
+    out = tmp_path / 'quality.json'
+    cmd = [
+        sys.executable, SCRIPT, '--datasets', 'fashion-mnist', '--variants',
+        'supervised', '--iters', '4', '--threads', '1', '--work-root',
+        str(work), '--out',
+        str(out), '--knn-max-train', '100', '--knn-max-val', '50',
+        '--no-feature-probe', '--resume', '--extra-cfg-options', *common[:-3]
+    ]
+    proc = _run_quality(cmd, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rec = json.loads(out.read_text())['records'][0]
+    assert '--resume' in rec['train_command']
+    assert rec['checkpoint'].endswith('iter_4.pth')
+    assert rec['last_logged']['iter'] == 4

@@ -1,4 +1,4 @@
-# Copyright (c) OpenMMLab. All rights reserved.
+# Copyright (c) rekd_mm contributors. All rights reserved.
 """Smoke and correctness tests of benchmarks/train_speed.py (nothing here is
 timed: the numbers only have to exist and be consistent)."""
 import copy
@@ -30,6 +30,7 @@ def _toy_rekd(train_speed, center=None):
     from mmengine.config import Config
     from mmengine.registry import init_default_scope
     from mmpretrain.registry import MODELS
+
     import rekd_mm  # noqa: F401
     init_default_scope('mmpretrain')
     torch.manual_seed(0)
@@ -139,8 +140,8 @@ def test__train_speed_runs_and_writes_valid_json(train_speed, tmp_path):
         results = json.load(f)
     var, summary = results['variants'], results['summary']
     assert set(var) == {
-        'moco_student', 'moco_teacher', 'rekd', 'rekd_exact',
-        'rekd_breakdown', 'loading', 'staleness', 'miner'
+        'moco_student', 'moco_teacher', 'rekd', 'rekd_exact', 'rekd_breakdown',
+        'loading', 'staleness', 'miner'
     }
     for name in train_speed.TIMED:
         assert len(var[name]['step_seconds']) == 2

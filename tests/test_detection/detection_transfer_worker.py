@@ -1,4 +1,4 @@
-# Copyright (c) OpenMMLab. All rights reserved.
+# Copyright (c) rekd_mm contributors. All rights reserved.
 """Run a few iterations of a detection-transfer config; report as JSON.
 
 Runs in the detection venv (``.venv-det``, mmcv with ops + mmdet 3.3.0),
@@ -24,7 +24,6 @@ import torch
 from mmengine.config import Config
 from mmengine.hooks import Hook
 from mmengine.runner import Runner
-
 from mmpretrain.utils import get_ori_model
 
 __all__ = ['main']
@@ -49,7 +48,10 @@ class _RecordHook(Hook):
             for k, v in backbone.state_dict().items()
         }
 
-    def after_train_iter(self, runner, batch_idx, data_batch=None,
+    def after_train_iter(self,
+                         runner,
+                         batch_idx,
+                         data_batch=None,
                          outputs=None):
         self.losses.append({
             k: float(v.detach()) if torch.is_tensor(v) else float(v)

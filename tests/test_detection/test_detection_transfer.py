@@ -1,4 +1,4 @@
-# Copyright (c) OpenMMLab. All rights reserved.
+# Copyright (c) rekd_mm contributors. All rights reserved.
 """Detection transfer: a ReKD checkpoint's student fine-tuned in mmdet.
 
 mmdet 3.3.0 needs mmcv with compiled ops, which must not share a venv with
@@ -17,14 +17,14 @@ import cv2
 import numpy as np
 import pytest
 import torch
-
 from mmpretrain.models import MobileNetV2
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DET_PYTHON = REPO_ROOT / '.venv-det' / 'bin' / 'python'
 WORKER = Path(__file__).with_name('detection_transfer_worker.py')
-CONFIG = (REPO_ROOT / 'configs' / 'benchmarks' / 'detection' /
-          'faster-rcnn_mobilenet-v2_fpn_8xb2-1x_coco.py')
+CONFIG = (
+    REPO_ROOT / 'configs' / 'benchmarks' / 'detection' /
+    'faster-rcnn_mobilenet-v2_fpn_8xb2-1x_coco.py')
 MAX_ITERS = 3
 
 
@@ -37,8 +37,8 @@ def _write_tiny_coco(root: Path, num_images: int = 4, size: int = 64):
     categories = [dict(id=1, name='person'), dict(id=3, name='car')]
     for img_id in range(1, num_images + 1):
         img = rng.integers(0, 60, (size, size, 3), dtype=np.uint8)
-        for cat_id, (x, y, w, h) in zip((1, 3), ((4, 6, 24, 30),
-                                                  (30, 28, 30, 32))):
+        for cat_id, (x, y, w, h) in zip((1, 3),
+                                        ((4, 6, 24, 30), (30, 28, 30, 32))):
             cv2.rectangle(img, (x, y), (x + w - 1, y + h - 1),
                           (200, 40 * cat_id, 90), -1)
             annotations.append(
@@ -52,13 +52,11 @@ def _write_tiny_coco(root: Path, num_images: int = 4, size: int = 64):
                     segmentation=[[x, y, x + w, y, x + w, y + h, x, y + h]]))
         name = f'{img_id:06d}.jpg'
         cv2.imwrite(str(root / 'images' / name), img)
-        images.append(dict(id=img_id, file_name=name, width=size,
-                           height=size))
+        images.append(dict(id=img_id, file_name=name, width=size, height=size))
     (root / 'annotations.json').write_text(
         json.dumps(
             dict(
-                images=images,
-                annotations=annotations,
+                images=images, annotations=annotations,
                 categories=categories)))
 
 
@@ -124,6 +122,7 @@ def test_faster_rcnn_mobilenet_v2_loads_rekd_student_and_trains(tmp_path):
     assert len(result['losses']) == MAX_ITERS
     assert result['all_finite']
     for it in result['losses']:
-        assert {'loss', 'loss_rpn_cls', 'loss_rpn_bbox', 'loss_cls',
-                'loss_bbox'} <= set(it)
+        assert {
+            'loss', 'loss_rpn_cls', 'loss_rpn_bbox', 'loss_cls', 'loss_bbox'
+        } <= set(it)
         assert it['loss'] > 0

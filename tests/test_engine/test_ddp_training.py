@@ -1,4 +1,4 @@
-# Copyright (c) OpenMMLab. All rights reserved.
+# Copyright (c) rekd_mm contributors. All rights reserved.
 """ReKD under DDP (two gloo processes on CPU): every rank must end with the
 same bank, queues and weights, and the gathered bank update must equal the
 single-process one."""
@@ -16,9 +16,9 @@ BATCH_PER_RANK = 4
 def _train_with_runner(rank, world_size, work_dir, center=None):
     from mmengine.config import Config
     from mmengine.runner import Runner
+    from mmpretrain.utils import get_ori_model
 
     import rekd_mm  # noqa: F401
-    from mmpretrain.utils import get_ori_model
     from tests.toy_configs import toy_runner_cfg
 
     # The process group already exists, so the Runner skips its own init;
@@ -85,9 +85,9 @@ def _bank_model():
     """A toy ReKD in eval mode (per-sample BN, so sharding the batch does
     not change any embedding) with a bank initialised from fixed data."""
     from mmengine.registry import init_default_scope
+    from mmpretrain.registry import MODELS
 
     import rekd_mm  # noqa: F401
-    from mmpretrain.registry import MODELS
 
     init_default_scope('mmpretrain')
     torch.manual_seed(0)
@@ -134,6 +134,8 @@ def test__gathered_bank_update_equals_single_process():
         torch.testing.assert_close(
             res['prototypes'], single.miner.prototypes, rtol=0, atol=1e-5)
         torch.testing.assert_close(
-            res['teacher_queue'], single.teacher_queue[:, :8], rtol=0,
+            res['teacher_queue'],
+            single.teacher_queue[:, :8],
+            rtol=0,
             atol=1e-5)
         assert res['queue_labels'].tolist() == list(range(8))

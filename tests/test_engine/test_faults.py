@@ -1,4 +1,4 @@
-# Copyright (c) OpenMMLab. All rights reserved.
+# Copyright (c) rekd_mm contributors. All rights reserved.
 """Faults during training: a save that fails or is killed half-way, a
 ``kill -9`` of the training process, a NaN on one rank only."""
 import os

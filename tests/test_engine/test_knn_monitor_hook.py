@@ -1,4 +1,4 @@
-# Copyright (c) OpenMMLab. All rights reserved.
+# Copyright (c) rekd_mm contributors. All rights reserved.
 import glob
 import json
 import os.path as osp
@@ -6,12 +6,15 @@ import os.path as osp
 import pytest
 from mmengine.config import Config
 from mmengine.runner import Runner
+from mmpretrain.utils import get_ori_model
 
 import rekd_mm  # noqa: F401
-from mmpretrain.utils import get_ori_model
 from rekd_mm.evaluation import (build_knn_dataloader, extract_features,
                                 weighted_knn)
 from tests.toy_configs import toy_knn_loader_cfg, toy_runner_cfg
+
+# ReKD trains only under a RelationMinerHook.
+_MINER = dict(type='RelationMinerHook', init_iter=1, source='queue')
 
 
 def _runner(work_dir, **hook) -> Runner:
@@ -26,7 +29,7 @@ def _runner(work_dir, **hook) -> Runner:
     cfg = toy_runner_cfg(
         str(work_dir),
         max_iters=4,
-        custom_hooks=[hook_cfg],
+        custom_hooks=[_MINER, hook_cfg],
         knn_train_dataloader=toy_knn_loader_cfg('train'),
         knn_val_dataloader=toy_knn_loader_cfg('test'))
     return Runner.from_cfg(Config(cfg))
@@ -74,7 +77,8 @@ def test__hook_without_knn_dataloaders_fails_before_training(tmp_path):
     cfg = toy_runner_cfg(
         str(tmp_path),
         max_iters=2,
-        custom_hooks=[dict(type='KNNMonitorHook', by_epoch=False)])
+        custom_hooks=[_MINER,
+                      dict(type='KNNMonitorHook', by_epoch=False)])
     runner = Runner.from_cfg(Config(cfg))
     with pytest.raises(KeyError, match='knn_train_dataloader'):
         runner.train()

@@ -1,4 +1,4 @@
-# Copyright (c) OpenMMLab. All rights reserved.
+# Copyright (c) rekd_mm contributors. All rights reserved.
 import io
 import itertools
 import os.path as osp
@@ -9,9 +9,9 @@ import torch
 from mmengine.config import Config
 from mmengine.runner import Runner
 from mmengine.utils import ProgressBar
+from mmpretrain.utils import get_ori_model
 
 import rekd_mm  # noqa: F401  (registers ReKD; allow-lists checkpoint globals)
-from mmpretrain.utils import get_ori_model
 from rekd_mm.models.utils import PrototypeBank
 from tests.toy_configs import toy_model_cfg, toy_runner_cfg
 
@@ -32,8 +32,7 @@ class _InitCounter:
             return counter._original(
                 bank, embeddings, current_iter=current_iter, **kwargs)
 
-        self._patch = mock.patch.object(PrototypeBank, 'initialize',
-                                        counting)
+        self._patch = mock.patch.object(PrototypeBank, 'initialize', counting)
 
     def __enter__(self):
         self._patch.start()
@@ -97,7 +96,8 @@ def test__checkpoint_holds_bank_and_queues(straight_run):
     # weights_only=True: works because rekd_mm allow-lists mmengine's
     # checkpoint globals.
     ckpt = torch.load(
-        osp.join(work_dir, 'iter_6.pth'), map_location='cpu',
+        osp.join(work_dir, 'iter_6.pth'),
+        map_location='cpu',
         weights_only=True)
     state = ckpt['state_dict']
     assert bool(state['miner.initialized'])
@@ -107,7 +107,8 @@ def test__checkpoint_holds_bank_and_queues(straight_run):
     assert torch.equal(state['teacher_queue'], model.teacher_queue)
     assert int(state['queue_ptr']) == (6 * 8) % 64
     before = torch.load(
-        osp.join(work_dir, 'iter_2.pth'), map_location='cpu',
+        osp.join(work_dir, 'iter_2.pth'),
+        map_location='cpu',
         weights_only=True)['state_dict']
     assert not bool(before['miner.initialized'])
 
@@ -134,8 +135,7 @@ def test__resume_after_init_does_not_recluster(straight_run, tmp_path):
     assert (_history(runner, 'relation_pos_per_anchor')[-2:] > 0).all()
 
 
-def test__resume_before_init_initialises_at_init_iter(straight_run,
-                                                      tmp_path):
+def test__resume_before_init_initialises_at_init_iter(straight_run, tmp_path):
     _, _, work_dir = straight_run
     with _InitCounter() as counter:
         runner = _runner(
@@ -195,8 +195,7 @@ def test__recluster_interval_reclusters(tmp_path):
         runner = _runner(
             tmp_path,
             max_iters=7,
-            miner_hook=dict(
-                init_iter=2, recluster_interval=2, by_epoch=False))
+            miner_hook=dict(init_iter=2, recluster_interval=2, by_epoch=False))
         runner.train()
     assert [it for it, _ in counter.calls] == [2, 4, 6]
     # Each re-clustering sees the keys queued so far.

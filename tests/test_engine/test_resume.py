@@ -1,4 +1,4 @@
-# Copyright (c) OpenMMLab. All rights reserved.
+# Copyright (c) rekd_mm contributors. All rights reserved.
 """Exact resume: N iterations straight equal N/2, checkpoint, resume to N."""
 import itertools
 import os.path as osp
@@ -8,9 +8,9 @@ import pytest
 import torch
 from mmengine.config import Config
 from mmengine.runner import Runner
+from mmpretrain.utils import get_ori_model
 
 import rekd_mm  # noqa: F401  (registers ReKD; allow-lists checkpoint globals)
-from mmpretrain.utils import get_ori_model
 from tests.toy_configs import toy_runner_cfg
 
 MAX_ITERS = 8
@@ -85,5 +85,5 @@ def test__resume_equals_uninterrupted_training(tmp_path, miner_hook):
         assert len(hist_a) == len(hist_b) == MAX_ITERS, name
         np.testing.assert_array_equal(hist_a, hist_b, err_msg=name)
     # The mined relations were active in the compared second half.
-    assert (straight.message_hub.get_scalar('train/relation_pos_per_anchor')
-            .data[0][-2:] > 0).all()
+    assert (straight.message_hub.get_scalar(
+        'train/relation_pos_per_anchor').data[0][-2:] > 0).all()

@@ -1,4 +1,4 @@
-# Copyright (c) OpenMMLab. All rights reserved.
+# Copyright (c) rekd_mm contributors. All rights reserved.
 """Weighted kNN (InstDisc) and distributed feature extraction."""
 import math
 
@@ -195,8 +195,8 @@ def test__distributed_extraction_equals_single_process():
 def test__demo_knn_splits_are_the_train_and_test_files():
     from mmengine.config import Config
     from mmengine.registry import init_default_scope
-
     from mmpretrain.registry import DATASETS
+
     from tests.toy_configs import REPO_ROOT
     init_default_scope('mmpretrain')
     cfg = Config.fromfile(

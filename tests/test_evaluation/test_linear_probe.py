@@ -1,4 +1,4 @@
-# Copyright (c) OpenMMLab. All rights reserved.
+# Copyright (c) rekd_mm contributors. All rights reserved.
 """Linear-probe configs: a strictly frozen backbone loaded from a ReKD
 checkpoint, and a load that does not fit fails before training."""
 import glob
@@ -12,10 +12,10 @@ from mmengine.hooks import Hook
 from mmengine.optim import build_optim_wrapper
 from mmengine.registry import init_default_scope
 from mmengine.runner import Runner
-
-import rekd_mm  # noqa: F401
 from mmpretrain.registry import MODELS
 from mmpretrain.utils import get_ori_model
+
+import rekd_mm  # noqa: F401
 from rekd_mm.utils import PretrainedMismatchError
 from tests.toy_configs import FASHION_MNIST_ROOT, REPO_ROOT
 

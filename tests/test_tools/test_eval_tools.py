@@ -1,4 +1,4 @@
-# Copyright (c) OpenMMLab. All rights reserved.
+# Copyright (c) rekd_mm contributors. All rights reserved.
 """End-to-end runs of tools/knn_eval.py, tools/model_converters/
 extract_backbone.py and tools/analysis_tools/relation_diagnostics.py on a
 tiny ReKD checkpoint."""
@@ -14,9 +14,9 @@ import pytest
 import torch
 from mmengine.config import Config
 from mmengine.registry import init_default_scope
+from mmpretrain.registry import MODELS
 
 import rekd_mm  # noqa: F401
-from mmpretrain.registry import MODELS
 from rekd_mm.evaluation import (build_knn_dataloader, pairwise_relation_scores,
                                 run_knn_eval)
 from rekd_mm.utils import PretrainedMismatchError, load_prefixed_weights
@@ -145,7 +145,8 @@ def test__extract_backbone_writes_plain_and_prefixed_state_dicts(toy):
     assert all(
         torch.equal(v, teacher[k]) for k, v in resnet.state_dict().items())
     with pytest.raises(KeyError, match="starts with 'student.'"):
-        tool.extract_backbone(toy['ckpt'], teacher_out, prefix='student.')
+        tool.extract_backbone(
+            toy['ckpt'], str(toy['root'] / 'none.pth'), prefix='student.')
 
 
 def test__relation_diagnostics_cli_writes_figures_and_scores(toy):

@@ -1,4 +1,4 @@
-# Copyright (c) OpenMMLab. All rights reserved.
+# Copyright (c) rekd_mm contributors. All rights reserved.
 """tools/train.py: fail-fast data checks, CPU DDP and resume.
 
 The subprocess tests run the real script, as a user would, on a tiny
@@ -224,8 +224,7 @@ def test_cpu_ddp_wrapper_reverts_default_sync_bn():
             hid_channels=8,
             out_channels=4,
             with_avg_pool=True))
-    assert any(
-        isinstance(m, torch.nn.SyncBatchNorm) for m in neck.modules())
+    assert any(isinstance(m, torch.nn.SyncBatchNorm) for m in neck.modules())
     torch_dist.init_process_group(
         'gloo', init_method='tcp://127.0.0.1:29631', rank=0, world_size=1)
     try:

@@ -1,4 +1,4 @@
-# Copyright (c) OpenMMLab. All rights reserved.
+# Copyright (c) rekd_mm contributors. All rights reserved.
 """Checkpoints under torch's ``weights_only=True`` default.
 
 Our own (mmengine) checkpoints resume with the allow-list that ``import
@@ -14,9 +14,9 @@ import torch
 from mmengine.config import Config
 from mmengine.logging import HistoryBuffer
 from mmengine.runner import Runner
+from mmpretrain.registry import MODELS
 
 import rekd_mm  # noqa: F401  (registers the checkpoint safe globals)
-from mmpretrain.registry import MODELS
 from rekd_mm.utils import (PretrainedMismatchError, load_prefixed_weights,
                            load_state_dict_file)
 from rekd_mm.utils.checkpoint import mmengine_checkpoint_globals
@@ -188,10 +188,8 @@ def test_plain_and_mmpretrain_style_checkpoints_load(tmp_path):
         for k, v in source.state_dict().items() if k.startswith('teacher.')
     }
     plain = str(tmp_path / 'plain.pth')
-    torch.save({
-        k[len('teacher.'):]: v
-        for k, v in teacher_state.items()
-    }, plain)
+    torch.save({k[len('teacher.'):]: v
+                for k, v in teacher_state.items()}, plain)
     wrapped = str(tmp_path / 'mmpretrain.pth')
     torch.save(
         dict(

@@ -1,4 +1,4 @@
-# Copyright (c) OpenMMLab. All rights reserved.
+# Copyright (c) rekd_mm contributors. All rights reserved.
 """Diagnose ReKD's mined relations on labelled data.
 
 Runs the teacher's momentum encoder of a ReKD checkpoint over the config's
@@ -44,6 +44,10 @@ def parse_args():
         '--cols', type=int, default=12, help='images per prototype')
     parser.add_argument('--seed', type=int, default=0, help='subset seed')
     parser.add_argument(
+        '--force',
+        action='store_true',
+        help='replace existing outputs in --out-dir')
+    parser.add_argument(
         '--cfg-options',
         nargs='+',
         action=DictAction,
@@ -63,7 +67,8 @@ def main():
         max_samples=args.max_samples or None,
         rows=args.rows,
         cols=args.cols,
-        seed=args.seed)
+        seed=args.seed,
+        force=args.force)
 
 
 if __name__ == '__main__':

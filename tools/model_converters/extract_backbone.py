@@ -1,4 +1,4 @@
-# Copyright (c) OpenMMLab. All rights reserved.
+# Copyright (c) rekd_mm contributors. All rights reserved.
 """Extract the student's (or the teacher's) backbone from a ReKD checkpoint.
 
 By default the output is a plain state dict with the prefix stripped
@@ -19,20 +19,20 @@ Example::
         --prefix teacher.backbone. --keep-prefix
 """
 import argparse
-import os
-import os.path as osp
+import sys
 from collections import OrderedDict
-
-import torch
 
 import rekd_mm  # noqa: F401  (checkpoint safe globals)
 from rekd_mm.utils.checkpoint import load_state_dict_file
+from rekd_mm.utils.outputs import (OutputPathError, atomic_torch_save,
+                                   check_output_file)
 
 
 def extract_backbone(checkpoint: str,
                      out: str,
                      prefix: str = 'backbone.',
-                     keep_prefix: bool = False) -> OrderedDict:
+                     keep_prefix: bool = False,
+                     force: bool = False) -> OrderedDict:
     """Write the ``prefix``-ed weights of ``checkpoint`` to ``out``.
 
     Args:
@@ -43,12 +43,17 @@ def extract_backbone(checkpoint: str,
             ``'backbone.'``.
         keep_prefix (bool): Write the keys as ``backbone.<name>`` instead of
             ``<name>``. Defaults to False.
+        force (bool): Replace an existing ``out`` (never ``checkpoint``
+            itself). Defaults to False.
 
     Returns:
         OrderedDict: The written state dict.
     """
     if prefix and not prefix.endswith('.'):
         prefix += '.'
+    # Before reading anything: never the input, never an existing file
+    # without force, a writable folder.
+    check_output_file(out, [checkpoint], force=force, arg='out')
     state = load_state_dict_file(checkpoint)
     new_prefix = 'backbone.' if keep_prefix else ''
     picked = OrderedDict(
@@ -60,8 +65,7 @@ def extract_backbone(checkpoint: str,
             f'no key of {checkpoint!r} starts with {prefix!r}; its keys start '
             f'with {heads[:8]} (e.g. {list(state)[:3]}). Use --prefix '
             "backbone. (student) or teacher.backbone. (teacher).")
-    os.makedirs(osp.dirname(osp.abspath(out)), exist_ok=True)
-    torch.save(picked, out)
+    atomic_torch_save(picked, out)
     return picked
 
 
@@ -79,13 +83,20 @@ def parse_args():
         action='store_true',
         help="write keys as 'backbone.<name>' (for prefix='backbone.' "
         'loaders) instead of plain backbone keys')
+    parser.add_argument(
+        '--force',
+        action='store_true',
+        help='replace an existing output file (never the input checkpoint)')
     return parser.parse_args()
 
 
 def main():
     args = parse_args()
-    state = extract_backbone(args.checkpoint, args.out, args.prefix,
-                             args.keep_prefix)
+    try:
+        state = extract_backbone(args.checkpoint, args.out, args.prefix,
+                                 args.keep_prefix, args.force)
+    except OutputPathError as err:
+        sys.exit(f'extract_backbone.py: {err}')
     num_params = sum(v.numel() for k, v in state.items()
                      if v.is_floating_point())
     print(f'wrote {len(state)} tensors ({num_params / 1e6:.2f} M values) '

@@ -68,6 +68,9 @@ custom_hooks = [
         by_epoch=False),
     # Stop at the first NaN/inf loss term, before it can be checkpointed.
     dict(type='LossGuardHook'),
+    # Student and teacher backbones as plain tensor files in the work dir,
+    # readable by mmpretrain's and mmdet's own tools (weights_only=True).
+    dict(type='ExportWeightsHook'),
 ]
 default_hooks = dict(
     logger=dict(type='LoggerHook', interval=50),

@@ -25,16 +25,10 @@ model = dict(
     feat_dim=feat_dim,
     momentum=0.01,  # mmengine convention: weight of the new value
     backbone=dict(type='MobileNetV2', widen_factor=1.0),
-    neck=dict(
-        type='NonLinearNeck',
-        in_channels=1280,
-        **projector),
+    neck=dict(type='NonLinearNeck', in_channels=1280, **projector),
     head=dict(type='RelationContrastiveHead', temperature=0.2),
     teacher_backbone=dict(type='ResNet', depth=18, norm_cfg=dict(type='BN')),
-    teacher_neck=dict(
-        type='NonLinearNeck',
-        in_channels=512,
-        **projector),
+    teacher_neck=dict(type='NonLinearNeck', in_channels=512, **projector),
     teacher_head=dict(
         type='ContrastiveHead',
         loss=dict(type='CrossEntropyLoss'),
@@ -69,6 +63,9 @@ custom_hooks = [
         by_epoch=False),
     # Stop at the first NaN/inf loss term, before it can be checkpointed.
     dict(type='LossGuardHook'),
+    # Student and teacher backbones as plain tensor files in the work dir,
+    # readable by mmpretrain's and mmdet's own tools (weights_only=True).
+    dict(type='ExportWeightsHook'),
 ]
 default_hooks = dict(
     logger=dict(type='LoggerHook', interval=20),

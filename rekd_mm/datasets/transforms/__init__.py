@@ -1,4 +1,4 @@
-# Copyright (c) OpenMMLab. All rights reserved.
+# Copyright (c) rekd_mm contributors. All rights reserved.
 from .formatting import GrayToRGB
 from .loading import SafeLoadImageFromFile
 

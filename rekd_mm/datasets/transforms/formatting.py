@@ -1,7 +1,6 @@
-# Copyright (c) OpenMMLab. All rights reserved.
+# Copyright (c) rekd_mm contributors. All rights reserved.
 import numpy as np
 from mmcv.transforms import BaseTransform
-
 from mmpretrain.registry import TRANSFORMS
 
 

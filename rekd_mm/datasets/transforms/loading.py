@@ -1,4 +1,7 @@
 # Copyright (c) OpenMMLab. All rights reserved.
+# Derived from mmcv 2.1.0's LoadImageFromFile.transform
+# (mmcv/transforms/loading.py, Apache-2.0);
+# modified by rekd_mm contributors.
 from typing import Optional
 
 import mmcv
@@ -6,7 +9,6 @@ import numpy as np
 from mmcv.transforms import LoadImageFromFile
 from mmengine import fileio
 from mmengine.logging import MMLogger
-
 from mmpretrain.registry import TRANSFORMS
 
 __all__ = ['SafeLoadImageFromFile']

@@ -1,4 +1,7 @@
 # Copyright (c) OpenMMLab. All rights reserved.
+# Derived from mmengine 0.10.7's CheckpointHook._save_checkpoint_with_step
+# (mmengine/hooks/checkpoint_hook.py, Apache-2.0);
+# modified by rekd_mm contributors.
 import os
 import os.path as osp
 from typing import Optional
@@ -7,7 +10,6 @@ from mmengine.dist import is_main_process
 from mmengine.fileio import LocalBackend
 from mmengine.hooks import CheckpointHook
 from mmengine.runner import Runner
-
 from mmpretrain.registry import HOOKS
 
 __all__ = ['AtomicCheckpointHook', 'atomic_write']

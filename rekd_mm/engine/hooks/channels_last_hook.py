@@ -1,7 +1,6 @@
 # Copyright (c) rekd_mm contributors. All rights reserved.
 import torch
 from mmengine.hooks import Hook
-
 from mmpretrain.registry import HOOKS
 
 

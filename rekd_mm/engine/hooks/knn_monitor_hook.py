@@ -1,13 +1,13 @@
-# Copyright (c) OpenMMLab. All rights reserved.
+# Copyright (c) rekd_mm contributors. All rights reserved.
 from operator import attrgetter
 from typing import Dict, Optional, Union
 
 from mmengine.hooks import Hook
 from mmengine.logging import MMLogger
 from mmengine.runner import Runner
-
 from mmpretrain.registry import HOOKS
 from mmpretrain.utils import get_ori_model
+
 from rekd_mm.evaluation.knn import (build_knn_dataloader, extract_features,
                                     weighted_knn)
 

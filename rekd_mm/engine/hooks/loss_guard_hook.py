@@ -1,4 +1,4 @@
-# Copyright (c) OpenMMLab. All rights reserved.
+# Copyright (c) rekd_mm contributors. All rights reserved.
 import math
 from typing import Optional, Union
 
@@ -6,7 +6,6 @@ import torch
 from mmengine.dist import all_reduce
 from mmengine.hooks import Hook
 from mmengine.runner import Runner
-
 from mmpretrain.registry import HOOKS
 
 __all__ = ['LossGuardHook']

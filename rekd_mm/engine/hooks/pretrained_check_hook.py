@@ -1,14 +1,14 @@
-# Copyright (c) OpenMMLab. All rights reserved.
+# Copyright (c) rekd_mm contributors. All rights reserved.
 from operator import attrgetter
 from typing import Dict, Optional, Sequence
 
 import torch
 from mmengine.hooks import Hook
 from mmengine.logging import MMLogger
-from mmengine.runner import Runner
-
+from mmengine.runner import BaseLoop, Runner
 from mmpretrain.registry import HOOKS
 from mmpretrain.utils import get_ori_model
+
 from rekd_mm.utils.checkpoint import (PretrainedMismatchError,
                                       describe_mismatch, load_state_dict_file,
                                       match_prefixed_state)
@@ -22,6 +22,16 @@ def _pretrained_cfg(init_cfg) -> Optional[dict]:
         if isinstance(cfg, dict) and cfg.get('type') == 'Pretrained':
             return cfg
     return None
+
+
+def _is_training(runner: Runner) -> bool:
+    """Whether ``before_run`` was called by ``Runner.train``.
+
+    mmengine 0.10.7 has no public flag for it: ``train()`` builds its loop
+    before ``before_run``, while ``test()`` and ``val()`` leave the training
+    loop a config (or None).
+    """
+    return isinstance(getattr(runner, '_train_loop', None), BaseLoop)
 
 
 @HOOKS.register_module()
@@ -40,6 +50,11 @@ class StrictPretrainedCheckHook(Hook):
       expected and found keys.
     - ``before_train`` (after initialisation, fresh runs only): the module's
       weights must equal the checkpoint's, which proves the load happened.
+
+    Both steps guard training only: ``Runner.test``/``val`` (mmpretrain's
+    ``tools/test.py``) load the whole model from ``load_from`` and never
+    apply ``init_cfg``, so a probe config with an empty checkpoint tests
+    fine.
 
     Args:
         modules (Sequence[str]): Dotted names of the checked sub-modules of
@@ -66,7 +81,11 @@ class StrictPretrainedCheckHook(Hook):
         self._expected: Dict[str, dict] = {}
 
     def before_run(self, runner: Runner) -> None:
-        """Check every module's ``Pretrained`` checkpoint against its keys."""
+        """Check every module's ``Pretrained`` checkpoint against its keys
+        (training only)."""
+        self._expected = {}
+        if not _is_training(runner):
+            return
         model = get_ori_model(runner.model)
         logger = MMLogger.get_current_instance()
         for name in self.modules:

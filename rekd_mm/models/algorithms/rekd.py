@@ -1,18 +1,20 @@
-# Copyright (c) OpenMMLab. All rights reserved.
+# Copyright (c) rekd_mm contributors. All rights reserved.
 from typing import Dict, List, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from mmengine.dist import all_gather
+from mmengine.dist import all_gather, broadcast, get_world_size
 from mmengine.logging import MMLogger
-from mmengine.model import ExponentialMovingAverage, ModuleDict
-
+from mmengine.model import ModuleDict
 from mmpretrain.models.selfsup.base import BaseSelfSupervisor
-from mmpretrain.models.utils import batch_shuffle_ddp, batch_unshuffle_ddp
 from mmpretrain.registry import MODELS
 from mmpretrain.structures import DataSample
+
 from rekd_mm.utils.checkpoint import load_prefixed_weights
+from ..utils.batch_shuffle import (gather_shuffled, gather_unshuffled,
+                                   shuffle_permutation)
+from ..utils.ema import SyncFreeEMA
 from ..utils.prototype_bank import PrototypeBank, count_used
 
 
@@ -97,6 +99,9 @@ class ReKD(BaseSelfSupervisor):
     """
 
     RELATION_SOURCES = ('miner', 'oracle_labels')
+    # Keys of ``model.miner`` that ReKD itself reads (the rest go to
+    # PrototypeBank).
+    MINER_OPTIONS = ('queue_refresh_interval', 'center', 'max_positives')
 
     def __init__(self,
                  backbone: dict,
@@ -135,6 +140,7 @@ class ReKD(BaseSelfSupervisor):
                 backbone=MODELS.build(teacher_backbone),
                 neck=MODELS.build(teacher_neck)))
         self.teacher_head = MODELS.build(teacher_head)
+        self._check_student_head(head)
 
         self.loss_weights = dict(teacher=1.0, relation=1.0, kd=0.0)
         unknown = set(loss_weights or {}) - set(self.loss_weights)
@@ -153,7 +159,8 @@ class ReKD(BaseSelfSupervisor):
         self.teacher_frozen = bool(self.teacher_pretrained
                                    and self.teacher_pretrained['frozen'])
 
-        self.encoder_k = ExponentialMovingAverage(
+        # mmengine's EMA, minus its two host reads of ``steps`` per update.
+        self.encoder_k = SyncFreeEMA(
             nn.Sequential(self.backbone, self.neck), momentum)
         if self.teacher_frozen:
             # A frozen teacher is its own momentum encoder.
@@ -161,7 +168,7 @@ class ReKD(BaseSelfSupervisor):
             for param in self.teacher.parameters():
                 param.requires_grad_(False)
         else:
-            self.teacher_encoder_k = ExponentialMovingAverage(
+            self.teacher_encoder_k = SyncFreeEMA(
                 nn.Sequential(self.teacher.backbone, self.teacher.neck),
                 momentum if teacher_momentum is None else teacher_momentum)
 
@@ -192,6 +199,12 @@ class ReKD(BaseSelfSupervisor):
         if self.queue_refresh_interval < 1:
             raise ValueError('model.miner.queue_refresh_interval must be >= '
                              f'1, got {self.queue_refresh_interval}')
+        bank_keys = ('num_prototypes', 'threshold', 'momentum')
+        unknown = sorted(set(miner) - set(bank_keys))
+        if unknown:
+            raise TypeError(
+                f'model.miner has unknown keys {unknown}; valid keys are '
+                f'{sorted(bank_keys + self.MINER_OPTIONS)}')
         self.miner = PrototypeBank(feat_dim=feat_dim, **miner)
 
         if queue_len < 1:
@@ -216,8 +229,7 @@ class ReKD(BaseSelfSupervisor):
                              torch.zeros((), dtype=torch.long))
         # Iterations trained with an initialised bank (the relation warm-up's
         # clock; checkpointed so that a resumed run ramps the same way).
-        self.register_buffer('mining_steps', torch.zeros((),
-                                                         dtype=torch.long))
+        self.register_buffer('mining_steps', torch.zeros((), dtype=torch.long))
         if self.mining_center is not None:
             # Index-aligned mining-space copy of the teacher queue: each key
             # centred on the mean of its own global batch, re-normalised.
@@ -245,8 +257,15 @@ class ReKD(BaseSelfSupervisor):
         load_prefixed_weights(
             self.teacher, checkpoint, prefix, strict=False, what='teacher')
         if self.teacher_encoder_k is not None:
-            # Restart the teacher EMA from the loaded weights.
-            self.teacher_encoder_k.steps.zero_()
+            # Restart the teacher EMA from the loaded weights, now: it was
+            # copied from the teacher in __init__, before this load, and
+            # teacher_embed (e.g. a dataset clustering at iteration 0) reads
+            # it before the first update would copy the weights over.
+            ema = self.teacher_encoder_k
+            ema.module.load_state_dict(
+                nn.Sequential(self.teacher.backbone,
+                              self.teacher.neck).state_dict())
+            ema.steps.zero_()
         MMLogger.get_current_instance().info(
             f'Loaded the teacher from {checkpoint} (prefix {prefix!r}, '
             f'frozen={self.teacher_frozen})')
@@ -258,6 +277,60 @@ class ReKD(BaseSelfSupervisor):
             self.teacher.eval()
         return self
 
+    def _check_student_head(self, head_cfg: dict) -> None:
+        """Refuse a student head whose ``loss`` cannot take the mined
+        positives (e.g. mmpretrain's ``ContrastiveHead``, which would only
+        fail at the first step)."""
+        import inspect
+        params = inspect.signature(self.head.loss).parameters
+        if 'pos_mask' not in params:
+            head_type = head_cfg.get('type') if isinstance(
+                head_cfg, dict) else type(self.head).__name__
+            raise TypeError(
+                f'model.head.type={head_type!r} cannot take the positives '
+                "that ReKD mines: its loss() has no 'pos_mask' argument "
+                f'(it takes {list(params)}). Use '
+                "head=dict(type='RelationContrastiveHead', temperature=...) "
+                'for the student; mmpretrain\'s ContrastiveHead belongs in '
+                'model.teacher_head.')
+
+    def confirm_mining_schedule(self, description: str) -> None:
+        """Called by :class:`RelationMinerHook` once it has checked, before
+        iteration 1, that it is the only miner hook and that the bank will
+        be clustered in this run (or that the user opted out)."""
+        self._mining_schedule = description
+
+    def forward(self,
+                inputs: Union[torch.Tensor, List[torch.Tensor]],
+                data_samples: Optional[List[DataSample]] = None,
+                mode: str = 'tensor'):
+        """``BaseSelfSupervisor.forward``; training (``mode='loss'``) needs
+        a :class:`RelationMinerHook` that checked the schedule, because
+        without one the bank is never clustered and no relation is mined,
+        silently."""
+        if mode == 'loss' and getattr(self, '_mining_schedule', None) is None:
+            raise RuntimeError(
+                'ReKD is training without a RelationMinerHook: the '
+                'prototype bank would never be clustered and no relation '
+                'mined (ReKD would silently train two MoCo v2). Add '
+                "custom_hooks=[dict(type='RelationMinerHook', init_iter=N, "
+                "source='queue')] to the config. To train without mining on "
+                'purpose, add the hook with allow_no_mining=True.')
+        return super().forward(inputs, data_samples, mode)
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args,
+                              **kwargs) -> None:
+        """Check the checkpoint's bank and queues against this model before
+        anything is loaded (see ``rekd_mm.models.utils.state_check``)."""
+        from ..utils.state_check import check_loaded_state
+        check_loaded_state(
+            self,
+            state_dict,
+            prefix,
+            policy=getattr(self, 'state_mismatch_policy', 'error'),
+            source=getattr(self, 'state_source', None))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def extract_teacher_feat(self, inputs: torch.Tensor) -> Tuple:
         """Teacher backbone features, e.g. for kNN or the miner's dataset
         pass."""
@@ -266,9 +339,18 @@ class ReKD(BaseSelfSupervisor):
     @torch.no_grad()
     def teacher_embed(self, inputs: torch.Tensor) -> torch.Tensor:
         """L2-normalised embeddings of the teacher's momentum encoder, the
-        space in which relations are mined."""
-        encoder = self.teacher_encoder_k or nn.Sequential(
-            self.teacher.backbone, self.teacher.neck)
+        space in which relations are mined.
+
+        Before its first update the momentum encoder is, by definition, the
+        teacher itself (the first update copies the teacher's weights): the
+        teacher is used then, so that a clustering at iteration 0 never sees
+        weights that training would have overwritten.
+        """
+        teacher = nn.Sequential(self.teacher.backbone, self.teacher.neck)
+        encoder = teacher
+        if self.teacher_encoder_k is not None and bool(
+                self.teacher_encoder_k.steps > 0):
+            encoder = self.teacher_encoder_k
         return F.normalize(encoder(inputs)[0].float(), dim=1)
 
     def mining_space(self,
@@ -302,35 +384,116 @@ class ReKD(BaseSelfSupervisor):
         return (self.teacher_queue
                 if self.mining_center is None else self.mining_queue)
 
-    def _encode_keys(self,
-                     ema: Optional[ExponentialMovingAverage],
-                     online: nn.Module,
-                     im_k: torch.Tensor,
-                     stream: int = 0) -> torch.Tensor:
-        """Momentum-update ``ema`` from ``online`` and encode the keys with
-        shuffle-BN (MoCo's recipe).
+    @torch.no_grad()
+    def momentum_update(self) -> None:
+        """Update the student's (and an online teacher's) momentum encoder
+        (no host read, see :class:`SyncFreeEMA`)."""
+        self.encoder_k.update_parameters(
+            nn.Sequential(self.backbone, self.neck))
+        if self.teacher_encoder_k is not None:
+            self.teacher_encoder_k.update_parameters(
+                nn.Sequential(self.teacher.backbone, self.teacher.neck))
 
-        ``stream`` (0 student, 1 teacher) keeps the two shuffles different.
+    def shuffle_permutation(self, batch_size: int) -> Optional[torch.Tensor]:
+        """The shuffle-BN permutation of this step's global batch, or None on
+        one process (BN statistics over the whole batch do not depend on its
+        order).
+
+        mmpretrain's shuffle draws from the global RNG on rank 0 and
+        broadcasts it; mmengine does not checkpoint that RNG, so a resumed
+        run would shuffle (and so normalise) differently from an
+        uninterrupted one. This permutation is a function of the student
+        momentum encoder's checkpointed step count, computed on the device by
+        every rank alike: resuming is exact, no broadcast and no host read.
         """
-        with torch.no_grad():
-            if ema is not None:
-                ema.update_parameters(online)
-            encoder = ema if ema is not None else online
-            # mmpretrain's shuffle draws from the global RNG, which mmengine
-            # does not checkpoint: a resumed run would shuffle (and so
-            # normalise) differently from an uninterrupted one. Seed it from
-            # the run seed and the checkpointed step count instead, and
-            # leave the global RNG untouched, so that resuming is exact.
-            # (The permutation is drawn on the CPU: only the CPU generator
-            # is re-seeded, and restored on exit.)
-            step = int(self.encoder_k.steps)
-            with torch.random.fork_rng(devices=[]):
-                torch.default_generator.manual_seed(
-                    (torch.initial_seed() * 1000003 + 2 * step + stream) %
-                    2**63)
-                im_k, idx_unshuffle = batch_shuffle_ddp(im_k)
-            keys = F.normalize(encoder(im_k)[0], dim=1)
-            return batch_unshuffle_ddp(keys, idx_unshuffle)
+        world_size = get_world_size()
+        if world_size == 1:
+            return None
+        return shuffle_permutation(self.encoder_k.steps,
+                                   batch_size * world_size)
+
+    @torch.no_grad()
+    def _encode_keys(
+        self, im_k: torch.Tensor
+    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Keys of the student's and the teacher's momentum encoders under
+        one shuffle-BN (MoCo's recipe).
+
+        The images are gathered once and both key encoders run on the same
+        shuffled part of the global batch (a frozen teacher is in eval mode,
+        so its keys do not depend on the shuffle and it simply shares it);
+        all keys come back in one gather, which also gives the global batch
+        that the queues and the bank need.
+
+        Returns:
+            Tuple[Tensor]: This rank's student and teacher keys ``(B, D)``,
+            then the global batch's ``(W * B, D)``, all float32, unit norm.
+        """
+        perm = self.shuffle_permutation(im_k.shape[0])
+        im_k = gather_shuffled(im_k, perm)
+        k_s = F.normalize(self.encoder_k(im_k)[0].float(), dim=1)
+        teacher = self.teacher_encoder_k or nn.Sequential(
+            self.teacher.backbone, self.teacher.neck)
+        k_t = F.normalize(teacher(im_k)[0].float(), dim=1)
+        (k_s, k_t), (all_k_s, all_k_t) = gather_unshuffled([k_s, k_t], perm)
+        return k_s, k_t, all_k_s, all_k_t
+
+    @staticmethod
+    def contrastive_logits(
+            query: torch.Tensor, key: torch.Tensor,
+            queue: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """MoCo's logits ``l_pos`` ``(N, 1)`` and ``l_neg`` ``(N, L)`` in
+        float32, also under AMP.
+
+        Autocast runs matrix products in fp16/bf16 whatever the dtype of
+        their inputs, and the head divides by τ afterwards: cosines rounded
+        to 3 significant digits (bf16) become logit errors of ~0.02 at
+        τ = 0.2. The products are therefore computed with autocast off.
+        """
+        with torch.autocast(device_type=query.device.type, enabled=False):
+            query = query.float()
+            l_pos = torch.einsum('nc,nc->n', query,
+                                 key.detach().float()).unsqueeze(-1)
+            l_neg = query @ queue.detach().float()
+        return l_pos, l_neg
+
+    @staticmethod
+    def batch_labels(data_samples: Optional[List[DataSample]], num: int,
+                     device: torch.device) -> torch.Tensor:
+        """The batch's ``(num,)`` long labels on ``device``, -1 for a sample
+        without ``gt_label`` (built there, so that a batch mixing labelled
+        CUDA samples and unlabelled ones stacks on one device)."""
+        if not data_samples:
+            return torch.full((num, ), -1, dtype=torch.long, device=device)
+        unknown = torch.full((), -1, dtype=torch.long, device=device)
+        return torch.stack([
+            sample.gt_label[0].to(device=device, dtype=torch.long)
+            if 'gt_label' in sample else unknown for sample in data_samples
+        ])
+
+    def _host_state(self) -> Tuple[bool, bool]:
+        """The one host read of a training step: whether the bank is
+        initialised and whether the cached queue assignments are due for a
+        full refresh.
+
+        Both (and the bank's record of an update skipped for non-finite
+        keys) are packed into one integer, so that a single ``.item()``
+        brings them: one synchronisation on CUDA, at the start of the step,
+        before any of its kernels is queued.
+        """
+        bank = self.miner
+        packed = (
+            self.queue_assign_age.clamp(max=2**40) * 4 +
+            bank.nonfinite_updates.clamp(max=1) * 2 + bank.initialized.long())
+        value = int(packed)
+        if value & 2:
+            raise FloatingPointError(
+                'PrototypeBank.update: the teacher keys of the last batch '
+                'held NaN or inf (a diverged teacher); the bank was not '
+                'updated with them. Check the teacher loss, lower the '
+                'learning rate or add optim_wrapper.clip_grad, and resume '
+                'from the last checkpoint.')
+        return bool(value & 1), (value >> 2) >= self.queue_refresh_interval
 
     def check_global_batch(self, global_batch: int) -> None:
         """Raise a clear error when the queue cannot hold whole batches."""
@@ -342,12 +505,13 @@ class ReKD(BaseSelfSupervisor):
                 'time. Change model.queue_len or train_dataloader.batch_size.')
 
     @torch.no_grad()
-    def _dequeue_and_enqueue(self, student_keys: torch.Tensor,
-                             teacher_keys: torch.Tensor,
-                             teacher_assign: torch.Tensor,
-                             labels: torch.Tensor,
-                             mining_keys: Optional[torch.Tensor] = None
-                             ) -> None:
+    def _dequeue_and_enqueue(
+            self,
+            student_keys: torch.Tensor,
+            teacher_keys: torch.Tensor,
+            teacher_assign: torch.Tensor,
+            labels: torch.Tensor,
+            mining_keys: Optional[torch.Tensor] = None) -> None:
         """Write one global batch into the index-aligned queues.
 
         All arguments are already gathered from every rank, so each rank
@@ -355,20 +519,35 @@ class ReKD(BaseSelfSupervisor):
         """
         batch_size = student_keys.shape[0]
         self.check_global_batch(batch_size)
-        ptr = int(self.queue_ptr)
-        self.queue[:, ptr:ptr + batch_size] = student_keys.t()
-        self.teacher_queue[:, ptr:ptr + batch_size] = teacher_keys.t()
+        # Slots from the pointer on, computed on the device (no host read).
+        slots = (self.queue_ptr + torch.arange(
+            batch_size, device=self.queue_ptr.device)) % self.queue_len
+        self.queue.index_copy_(1, slots, student_keys.t().to(self.queue))
+        self.teacher_queue.index_copy_(1, slots,
+                                       teacher_keys.t().to(self.teacher_queue))
         if self.mining_center is not None:
-            self.mining_queue[:, ptr:ptr + batch_size] = mining_keys.t()
-        self.queue_labels[ptr:ptr + batch_size] = labels
-        self.queue_assign[ptr:ptr + batch_size] = teacher_assign
-        self.queue_ptr[0] = (ptr + batch_size) % self.queue_len
-        self.queue_count.clamp_(max=self.queue_len - batch_size).add_(
-            batch_size)
+            self.mining_queue.index_copy_(
+                1, slots,
+                mining_keys.t().to(self.mining_queue))
+        self.queue_labels.index_copy_(0, slots, labels.long())
+        self.queue_assign.index_copy_(0, slots, teacher_assign.long())
+        self.queue_ptr.add_(batch_size).remainder_(self.queue_len)
+        self.queue_count.clamp_(max=self.queue_len -
+                                batch_size).add_(batch_size)
 
     @torch.no_grad()
     def refresh_queue_assign(self) -> None:
-        """Re-assign every filled teacher-queue slot to the current bank."""
+        """Re-assign every filled teacher-queue slot to the current bank.
+
+        Rank 0's bank is broadcast first (a no-op on one process), so every
+        refresh, i.e. every ``queue_refresh_interval`` iterations and after
+        every clustering, re-synchronises the bank: whatever a rank's k-means
+        or update did, every rank then mines with rank 0's bank, and the cache
+        is rebuilt from it. (The update step itself is exact, see
+        :meth:`PrototypeBank.update`; this is the safety net, ~1.5 MB per
+        refresh at K=3000.)
+        """
+        broadcast(self.miner.prototypes, src=0)
         assign, _ = self.miner.assign(self._mining_queue().t())
         filled = torch.arange(
             self.queue_len, device=assign.device) < self.queue_count
@@ -379,8 +558,8 @@ class ReKD(BaseSelfSupervisor):
     def maybe_refresh_queue_assign(self) -> None:
         """Re-assign the queue when its cached assignments are
         ``queue_refresh_interval`` iterations old."""
-        if (self.miner.is_initialized and int(self.queue_assign_age) >=
-                self.queue_refresh_interval):
+        bank_ready, refresh_due = self._host_state()
+        if bank_ready and refresh_due:
             self.refresh_queue_assign()
 
     @torch.no_grad()
@@ -388,7 +567,8 @@ class ReKD(BaseSelfSupervisor):
         self,
         teacher_keys: torch.Tensor,
         center: Optional[torch.Tensor] = None,
-        labels: Optional[torch.Tensor] = None
+        labels: Optional[torch.Tensor] = None,
+        bank_ready: Optional[bool] = None
     ) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
         """Connection step between this rank's anchors and the queue.
 
@@ -402,13 +582,18 @@ class ReKD(BaseSelfSupervisor):
             center (Tensor, optional): See :meth:`mining_space`.
             labels (Tensor, optional): ``(N,)`` true labels of the anchors
                 (-1 unknown); required by the oracle only.
+            bank_ready (bool, optional): Whether the bank is initialised, when
+                the caller already knows (saves a host read). Defaults to
+                None (read it).
 
         Returns:
             Tuple[Tensor, Tensor]: The ``(N, L)`` bool mask of positives and
             the ``(N,)`` anchor assignments; ``(None, None)`` before the bank
             is initialised.
         """
-        if not self.miner.is_initialized:
+        if bank_ready is None:
+            bank_ready = self.miner.is_initialized
+        if not bank_ready:
             return None, None
         anchors = self.mining_space(teacher_keys, center)
         anchor_assign, _ = self.miner.assign(anchors)
@@ -463,18 +648,23 @@ class ReKD(BaseSelfSupervisor):
                 self.relation_warmup_iters).clamp(max=1.0)
 
     @torch.no_grad()
-    def update_bank(self, mining_keys: torch.Tensor) -> torch.Tensor:
+    def update_bank(self,
+                    mining_keys: torch.Tensor,
+                    bank_ready: Optional[bool] = None) -> torch.Tensor:
         """Update step on one global batch, identical on every rank.
 
         Args:
             mining_keys (Tensor): ``(B, D)`` all-gathered teacher keys in
                 mining space.
+            bank_ready (bool, optional): See :meth:`mine_relations`.
 
         Returns:
             Tensor: ``(B,)`` their assignments to the updated bank (-1
             before the bank is initialised), cached with the queue slots.
         """
-        if not self.miner.is_initialized:
+        if bank_ready is None:
+            bank_ready = self.miner.is_initialized
+        if not bank_ready:
             return torch.full((mining_keys.shape[0], ),
                               -1,
                               dtype=torch.long,
@@ -506,49 +696,48 @@ class ReKD(BaseSelfSupervisor):
         """
         assert isinstance(inputs, list) and len(inputs) >= 2
         im_q, im_k = inputs[0], inputs[1]
+        # The step's only host read, before any of its kernels is queued;
+        # everything below stays on the device.
+        bank_ready, refresh_due = self._host_state()
         losses = dict()
 
-        # Student: queries with gradient, keys from its momentum encoder.
-        student = nn.Sequential(self.backbone, self.neck)
-        q_s = F.normalize(student(im_q)[0], dim=1)
-        k_s = self._encode_keys(self.encoder_k, student, im_k)
-
-        # Teacher: its own MoCo v2, trained online unless frozen.
+        # Queries with gradient; an online teacher trains its own MoCo v2.
+        q_s = F.normalize(
+            nn.Sequential(self.backbone, self.neck)(im_q)[0], dim=1)
         teacher = nn.Sequential(self.teacher.backbone, self.teacher.neck)
         q_t = None
         if not self.teacher_frozen:
             q_t = F.normalize(teacher(im_q)[0], dim=1)
-            k_t = self._encode_keys(
-                self.teacher_encoder_k, teacher, im_k, stream=1)
-            l_pos = torch.einsum('nc,nc->n', q_t, k_t).unsqueeze(-1)
-            l_neg = q_t @ self.teacher_queue.clone().detach()
+        # Keys of both momentum encoders (one shuffle-BN), this rank's and
+        # the global batch's (identical on every rank).
+        self.momentum_update()
+        k_s, k_t, all_k_s, all_k_t = self._encode_keys(im_k)
+        if q_t is not None:
+            l_pos, l_neg = self.contrastive_logits(
+                q_t, k_t,
+                self.teacher_queue.clone().detach())
             losses['loss_teacher'] = self.loss_weights[
                 'teacher'] * self.teacher_head.loss(l_pos, l_neg)
-        else:
-            k_t = self._encode_keys(None, teacher, im_k, stream=1)
 
         # Relation mining in the teacher's space (connection step).
-        labels = torch.stack([
-            sample.gt_label[0] if 'gt_label' in sample else
-            torch.tensor(-1) for sample in data_samples
-        ]).to(device=k_t.device, dtype=torch.long) if data_samples else \
-            torch.full((k_t.shape[0], ), -1, device=k_t.device)
-        # Teacher keys of every rank (for the centre, the update step and
-        # the queue): identical on all ranks.
-        with torch.no_grad():
-            all_k_t = torch.cat(all_gather(k_t.float()))
-            center = (all_k_t.mean(0)
-                      if self.mining_center is not None else None)
-        self.maybe_refresh_queue_assign()
-        pos_mask, anchor_assign = self.mine_relations(k_t, center, labels)
+        labels = self.batch_labels(data_samples, k_t.shape[0], k_t.device)
+        center = (all_k_t.mean(0) if self.mining_center is not None else None)
+        if bank_ready and refresh_due:
+            self.refresh_queue_assign()
+        pos_mask, anchor_assign = self.mine_relations(
+            k_t, center, labels, bank_ready=bank_ready)
         relation_scale = self.relation_scale()
-        losses['loss_relation'] = self.loss_weights[
-            'relation'] * self.head.loss(
-                q_s,
-                k_s,
-                self.queue.clone().detach(),
-                pos_mask,
-                mined_scale=relation_scale)
+        # Logits in float32 under AMP too: autocast would run the head's
+        # products in fp16/bf16 before the division by τ (see
+        # contrastive_logits).
+        with torch.autocast(device_type=q_s.device.type, enabled=False):
+            losses['loss_relation'] = self.loss_weights[
+                'relation'] * self.head.loss(
+                    q_s.float(),
+                    k_s,
+                    self.queue.clone().detach(),
+                    pos_mask,
+                    mined_scale=relation_scale)
         if self.loss_weights['kd'] > 0:
             if q_t is None:
                 with torch.no_grad():
@@ -560,15 +749,14 @@ class ReKD(BaseSelfSupervisor):
         losses['relation_scale'] = relation_scale if pos_mask is not None \
             else relation_scale.new_zeros(())
 
-        # Update step and enqueue, on keys gathered from every rank so that
-        # the bank and both queues stay identical across ranks.
+        # Update step and enqueue, on the global batch, so that the bank and
+        # both queues stay identical across ranks.
         with torch.no_grad():
-            all_k_s = torch.cat(all_gather(k_s.float()))
             all_labels = torch.cat(all_gather(labels))
             all_m_t = self.mining_space(all_k_t, center)
-            all_assign = self.update_bank(all_m_t)
-            self._dequeue_and_enqueue(all_k_s, all_k_t, all_assign,
-                                      all_labels, all_m_t)
+            all_assign = self.update_bank(all_m_t, bank_ready=bank_ready)
+            self._dequeue_and_enqueue(all_k_s, all_k_t, all_assign, all_labels,
+                                      all_m_t)
         return losses
 
     @torch.no_grad()

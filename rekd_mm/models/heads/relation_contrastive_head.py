@@ -4,7 +4,6 @@ from typing import Optional, Union
 import torch
 import torch.nn.functional as F
 from mmengine.model import BaseModule
-
 from mmpretrain.registry import MODELS
 
 
@@ -73,10 +72,9 @@ class RelationContrastiveHead(BaseModule):
         self.own_key_weight = own_key_weight
 
     def positive_weights(
-        self,
-        pos_mask: torch.Tensor,
-        mined_scale: Union[float, torch.Tensor] = 1.0
-    ) -> torch.Tensor:
+            self,
+            pos_mask: torch.Tensor,
+            mined_scale: Union[float, torch.Tensor] = 1.0) -> torch.Tensor:
         """Weights of the own key (column 0) and the queue slots.
 
         Args:
@@ -93,8 +91,7 @@ class RelationContrastiveHead(BaseModule):
         if self.own_key_weight is None:
             mined_share = num_mined / (num_mined + 1)
         else:
-            mined_share = torch.where(num_mined > 0,
-                                      1 - self.own_key_weight,
+            mined_share = torch.where(num_mined > 0, 1 - self.own_key_weight,
                                       torch.zeros_like(num_mined))
         mined_share = mined_share * mined_scale
         own = 1 - mined_share
@@ -123,12 +120,14 @@ class RelationContrastiveHead(BaseModule):
             Tensor: The scalar loss, multiplied by ``loss_weight``.
         """
         # Keys and queue are targets: the loss trains the query encoder only.
-        # Logits in float32 (under AMP the matmuls may run in fp16/bf16).
-        l_pos = torch.einsum('nc,nc->n', query.float(),
-                             key.detach().float()).unsqueeze(-1)
-        l_neg = query.float() @ queue.detach().float()
-        logits = torch.cat([l_pos, l_neg], dim=1) / self.temperature
-        log_prob = F.log_softmax(logits, dim=1)
+        # Logits in float32: autocast would run the products in fp16/bf16
+        # even on float32 inputs (~0.02 logit resolution at τ = 0.2 in bf16).
+        with torch.autocast(device_type=query.device.type, enabled=False):
+            l_pos = torch.einsum('nc,nc->n', query.float(),
+                                 key.detach().float()).unsqueeze(-1)
+            l_neg = query.float() @ queue.detach().float()
+            logits = torch.cat([l_pos, l_neg], dim=1) / self.temperature
+            log_prob = F.log_softmax(logits, dim=1)
         if pos_mask is None:
             loss = -log_prob[:, 0]
         else:

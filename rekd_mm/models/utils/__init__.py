@@ -1,9 +1,13 @@
-# Copyright (c) OpenMMLab. All rights reserved.
+# Copyright (c) rekd_mm contributors. All rights reserved.
+from .batch_shuffle import (gather_shuffled, gather_unshuffled,
+                            shuffle_permutation)
+from .ema import SyncFreeEMA
 from .prototype_bank import PrototypeBank, count_used
 from .spherical_kmeans import (assign_to_centroids, kmeans_objective,
-                               spherical_kmeans)
+                               segment_sum, spherical_kmeans)
 
 __all__ = [
     'PrototypeBank', 'count_used', 'assign_to_centroids', 'kmeans_objective',
-    'spherical_kmeans'
+    'spherical_kmeans', 'segment_sum', 'SyncFreeEMA', 'shuffle_permutation',
+    'gather_shuffled', 'gather_unshuffled'
 ]

@@ -1,11 +1,12 @@
-# Copyright (c) OpenMMLab. All rights reserved.
-from typing import Optional, Tuple
+# Copyright (c) rekd_mm contributors. All rights reserved.
+from typing import Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .spherical_kmeans import assign_to_centroids, spherical_kmeans
+from .spherical_kmeans import (assign_to_centroids, segment_sum,
+                               spherical_kmeans)
 
 
 class PrototypeBank(nn.Module):
@@ -32,8 +33,11 @@ class PrototypeBank(nn.Module):
     Θ < 0) are clamped to 0 in the weights.
 
     The update is only ever called with keys that were all-gathered across
-    ranks, so every rank applies the same update to the same bank without an
+    ranks, and its result does not depend on the order of accumulation, so
+    every rank applies the bit-identical update to the same bank without an
     extra collective (mmengine wraps DDP with ``broadcast_buffers=False``).
+    ReKD also broadcasts rank 0's bank after every clustering and at every
+    refresh of the queue's cached assignments.
 
     Args:
         num_prototypes (int): Number of prototypes K.
@@ -47,8 +51,16 @@ class PrototypeBank(nn.Module):
                  num_prototypes: int,
                  feat_dim: int = 128,
                  threshold: float = 0.5,
-                 momentum: float = 0.99) -> None:
+                 momentum: float = 0.99,
+                 **unknown) -> None:
         super().__init__()
+        if unknown:
+            # ReKD passes model.miner here, minus its own options.
+            raise TypeError(
+                f'model.miner has unknown keys {sorted(unknown)}; valid keys '
+                "are the bank's ['momentum', 'num_prototypes', 'threshold'] "
+                "and ReKD's own miner options (see ReKD's docstring, e.g. "
+                "'queue_refresh_interval', 'center')")
         if not isinstance(num_prototypes, int) or num_prototypes < 1:
             raise ValueError('model.miner.num_prototypes must be a positive '
                              f'int, got {num_prototypes!r}')
@@ -63,12 +75,19 @@ class PrototypeBank(nn.Module):
         self.feat_dim = feat_dim
         self.threshold = float(threshold)
         self.momentum = float(momentum)
-        self.register_buffer('prototypes',
-                             torch.zeros(num_prototypes, feat_dim))
+        self.register_buffer('prototypes', torch.zeros(num_prototypes,
+                                                       feat_dim))
         self.register_buffer('initialized', torch.zeros((), dtype=torch.bool))
         # Training iteration of the last (re-)clustering, -1 before any.
         self.register_buffer('last_cluster_iter',
                              torch.full((), -1, dtype=torch.long))
+        # Updates skipped because their keys held NaN or inf; read (and
+        # reported) by ReKD with its one host read of the next step. Not
+        # checkpointed: a run stops at the first one.
+        self.register_buffer(
+            'nonfinite_updates',
+            torch.zeros((), dtype=torch.long),
+            persistent=False)
 
     @property
     def is_initialized(self) -> bool:
@@ -76,8 +95,8 @@ class PrototypeBank(nn.Module):
         return bool(self.initialized)
 
     @torch.no_grad()
-    def assign(self, embeddings: torch.Tensor
-               ) -> Tuple[torch.Tensor, torch.Tensor]:
+    def assign(self,
+               embeddings: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """Connection step: map embeddings to prototypes, or -1.
 
         Args:
@@ -96,20 +115,35 @@ class PrototypeBank(nn.Module):
                similarity: torch.Tensor) -> None:
         """Update step: move each prototype towards its assigned anchors.
 
+        Exact and without host synchronisation: the per-prototype sums
+        ``Σ s_i z_i``, ``Σ s_i`` and the counts are accumulated as fixed-point
+        integers (:func:`segment_sum`), so they do not depend on the order in
+        which the device adds them up (CUDA's ``index_add_`` on floats uses
+        atomics: an order, and so a last bit, that differs from rank to rank
+        and would make the banks drift apart). Unassigned anchors go to a
+        discarded extra segment instead of being masked out (boolean
+        indexing and ``bincount`` read sizes on the host).
+
+        A batch whose keys hold NaN or inf leaves the bank unchanged and is
+        counted in ``nonfinite_updates``; ``ReKD`` raises at its next step.
+
         Args:
             embeddings (Tensor): ``(N, D)`` anchors, identical on all ranks.
             assignment (Tensor): ``(N,)`` from :meth:`assign`.
             similarity (Tensor): ``(N,)`` from :meth:`assign`.
         """
-        valid = assignment >= 0
-        idx = assignment[valid]
-        weight = similarity[valid].float().clamp(min=0)
-        emb = embeddings[valid].float()
         num_k = self.num_prototypes
-        weight_sum = weight.new_zeros(num_k).index_add_(0, idx, weight)
-        weighted = emb.new_zeros(num_k, self.feat_dim).index_add_(
-            0, idx, weight[:, None] * emb)
-        counts = torch.bincount(idx, minlength=num_k).to(weight.dtype)
+        emb = embeddings.float()
+        finite = torch.isfinite(emb).all()
+        valid = (assignment >= 0) & finite
+        weight = torch.where(valid, similarity.float().clamp(min=0), 0.0)
+        emb = torch.where(valid[:, None], emb, 0.0)
+        columns = torch.cat(
+            [weight[:, None] * emb, weight[:, None], valid[:, None].float()],
+            dim=1)
+        sums = segment_sum(columns, torch.where(valid, assignment, num_k),
+                           num_k + 1)[:num_k]
+        weighted, weight_sum, counts = sums[:, :-2], sums[:, -2], sums[:, -1]
         moved = weight_sum > 0
         target = weighted / weight_sum.clamp(min=1e-12)[:, None]
         mean_sim = weight_sum / counts.clamp(min=1)
@@ -117,8 +151,9 @@ class PrototypeBank(nn.Module):
         new = F.normalize(
             m_k[:, None] * self.prototypes + (1 - m_k[:, None]) * target,
             dim=1)
-        self.prototypes.copy_(torch.where(moved[:, None], new,
-                                          self.prototypes))
+        self.prototypes.copy_(
+            torch.where(moved[:, None], new, self.prototypes))
+        self.nonfinite_updates.add_((~finite).long())
 
     @torch.no_grad()
     def initialize(self,
@@ -144,6 +179,13 @@ class PrototypeBank(nn.Module):
             self.num_prototypes,
             distributed=distributed,
             **kmeans_kwargs)
+        finite = torch.isfinite(centroids).all(1)
+        nonzero = centroids.abs().sum(1) > 0
+        if not bool((finite & nonzero).all()):
+            raise FloatingPointError(
+                f'PrototypeBank.initialize: k-means returned '
+                f'{int((~(finite & nonzero)).sum())} zero or non-finite '
+                'prototypes; the bank stays uninitialised.')
         self.prototypes.copy_(centroids)
         self.initialized.fill_(True)
         self.last_cluster_iter.fill_(current_iter)
@@ -156,6 +198,9 @@ class PrototypeBank(nn.Module):
 
 
 def count_used(assignment: torch.Tensor, num_prototypes: int) -> torch.Tensor:
-    """Number of distinct prototypes holding at least one assignment."""
-    valid = assignment[assignment >= 0]
-    return (torch.bincount(valid, minlength=num_prototypes) > 0).sum().float()
+    """Number of distinct prototypes holding at least one assignment (no
+    host synchronisation: unassigned entries mark an extra slot)."""
+    used = torch.zeros(
+        num_prototypes + 1, dtype=torch.bool, device=assignment.device)
+    used.index_fill_(0, assignment.clamp(min=-1) + 1, True)
+    return used[1:].sum().float()

@@ -1,4 +1,4 @@
-# Copyright (c) OpenMMLab. All rights reserved.
+# Copyright (c) rekd_mm contributors. All rights reserved.
 """Distributed spherical k-means without faiss.
 
 Written by hand because neither mmengine nor mmpretrain ships a k-means, and
@@ -11,8 +11,8 @@ from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
-from mmengine.dist import all_gather, all_reduce, broadcast, get_world_size
-
+from mmengine.dist import (all_gather, all_reduce, broadcast, get_rank,
+                           get_world_size)
 
 # Most similarity scores held at once by ``assign_to_centroids``. On CPU a
 # block that stays in cache, written into one reused buffer, is what makes the
@@ -23,10 +23,10 @@ _CPU_BLOCK_ELEMENTS = 1 << 22  # 16 MiB of float32
 _DEVICE_BLOCK_ELEMENTS = 1 << 26  # 256 MiB of float32
 
 
-def assign_to_centroids(embeddings: torch.Tensor,
-                        centroids: torch.Tensor,
-                        chunk_size: int = 65536
-                        ) -> Tuple[torch.Tensor, torch.Tensor]:
+def assign_to_centroids(
+        embeddings: torch.Tensor,
+        centroids: torch.Tensor,
+        chunk_size: int = 65536) -> Tuple[torch.Tensor, torch.Tensor]:
     """Cosine-assign unit vectors to their nearest unit centroid.
 
     The N x K similarity matrix is never built: rows are scored in chunks of
@@ -47,13 +47,14 @@ def assign_to_centroids(embeddings: torch.Tensor,
     num, num_k = embeddings.shape[0], centroids.shape[0]
     best_sim = embeddings.new_empty(num)
     best_idx = torch.empty(num, dtype=torch.long, device=embeddings.device)
-    budget = (_CPU_BLOCK_ELEMENTS if embeddings.device.type == 'cpu' else
-              _DEVICE_BLOCK_ELEMENTS)
+    budget = (
+        _CPU_BLOCK_ELEMENTS
+        if embeddings.device.type == 'cpu' else _DEVICE_BLOCK_ELEMENTS)
     rows = max(1, min(chunk_size, budget // max(1, num_k), num))
     # ``out=`` does not support autograd: score differentiable inputs the
     # plain way (no caller needs it, but the function allowed it).
-    differentiable = torch.is_grad_enabled() and (
-        embeddings.requires_grad or centroids.requires_grad)
+    differentiable = torch.is_grad_enabled() and (embeddings.requires_grad
+                                                  or centroids.requires_grad)
     buffer = None if differentiable else embeddings.new_empty(rows, num_k)
     for start in range(0, num, rows):
         chunk = embeddings[start:start + rows]
@@ -65,6 +66,48 @@ def assign_to_centroids(embeddings: torch.Tensor,
     return best_idx, best_sim
 
 
+# Rows converted to fixed point at once by ``segment_sum`` (bounds its
+# temporary memory to 64 MiB of int64 at D=128).
+_SEGMENT_SUM_ROWS = 1 << 16
+
+
+def segment_sum(values: torch.Tensor, segments: torch.Tensor,
+                num_segments: int) -> torch.Tensor:
+    """Sum the rows of ``values`` per segment, exactly and in no particular
+    order.
+
+    Float addition is not associative, and CUDA's ``index_add_`` adds with
+    atomics in an order that changes from run to run and from rank to rank:
+    two ranks summing the same rows can disagree in the last bit. Here each
+    value is rounded to a fixed-point grid (2^-40 for up to 2^22 rows; the
+    grid coarsens by one bit per doubling of the rows, so that no sum can
+    overflow) and the integers are summed in int64, where addition is exact:
+    the result is bit-identical whatever the order, on every device. The
+    rounding error (<= 2^-41 per value) is far below float32's resolution.
+    No host synchronisation.
+
+    Args:
+        values (Tensor): ``(N, C)`` values in [-1, 1] (unit embeddings,
+            cosine similarities, 0/1 counts).
+        segments (Tensor): ``(N,)`` long segment of each row, in
+            ``[0, num_segments)``.
+        num_segments (int): Number of segments S.
+
+    Returns:
+        Tensor: ``(S, C)`` sums, in the dtype of ``values``.
+    """
+    num = values.shape[0]
+    bits = min(40, 62 - max(1, num).bit_length())
+    scale = float(2**bits)
+    sums = torch.zeros(
+        num_segments, values.shape[1], dtype=torch.long, device=values.device)
+    for start in range(0, num, _SEGMENT_SUM_ROWS):
+        chunk = values[start:start + _SEGMENT_SUM_ROWS]
+        sums.index_add_(0, segments[start:start + _SEGMENT_SUM_ROWS],
+                        torch.round(chunk.double() * scale).long())
+    return (sums.double() / scale).to(values.dtype)
+
+
 def _gather_seed_pool(embeddings: torch.Tensor, max_pool: int,
                       generator: torch.Generator,
                       distributed: bool) -> torch.Tensor:
@@ -72,7 +115,11 @@ def _gather_seed_pool(embeddings: torch.Tensor, max_pool: int,
 
     When the global data fits in ``max_pool`` the pool is the concatenation
     of all shards in rank order, so sharded and single-process runs seed from
-    the same points. Otherwise every rank contributes a random subset.
+    the same points. Otherwise every rank contributes a random subset, drawn
+    from a generator of its own: drawing it from the shared ``generator``
+    would advance that generator by an amount that depends on the shard's
+    size, and the seeds drawn next would differ between ranks whose shards
+    differ in size.
     """
     world_size = get_world_size() if distributed else 1
     num_local = torch.tensor([embeddings.shape[0]], device=embeddings.device)
@@ -80,8 +127,10 @@ def _gather_seed_pool(embeddings: torch.Tensor, max_pool: int,
     counts = [int(c) for c in counts]
     if sum(counts) > max_pool:
         per_rank = max(1, max_pool // world_size)
-        keep = torch.randperm(
-            embeddings.shape[0], generator=generator)[:per_rank]
+        # One draw from the shared generator, the same on every rank.
+        base = int(torch.randint(2**62, (1, ), generator=generator))
+        own = torch.Generator().manual_seed(base + get_rank())
+        keep = torch.randperm(embeddings.shape[0], generator=own)[:per_rank]
         embeddings = embeddings[keep.to(embeddings.device)]
         counts = [min(c, per_rank) for c in counts]
     if world_size == 1:
@@ -160,7 +209,22 @@ def spherical_kmeans(embeddings: torch.Tensor,
     if init not in ('kmeans++', 'random'):
         raise ValueError(f"init must be 'kmeans++' or 'random', got {init!r}")
     distributed = distributed and get_world_size() > 1
-    embeddings = F.normalize(embeddings.float(), dim=1)
+    embeddings = embeddings.float()
+    # One NaN row would become a NaN centroid (random seeding: every
+    # assignment then fails) or break k-means++'s sampling.
+    bad = ~torch.isfinite(embeddings).all(1)
+    num_bad = bad.sum()
+    if distributed:
+        all_reduce(num_bad)
+    if int(num_bad):
+        rows = bad.nonzero()[:5, 0].tolist()
+        raise FloatingPointError(
+            f'spherical k-means: {int(num_bad)} of the embeddings to cluster '
+            f'hold NaN or inf (e.g. rows {rows} on this rank): the teacher '
+            'produced non-finite keys (a diverged teacher: check its loss, '
+            'lower the learning rate or add optim_wrapper.clip_grad). The '
+            'bank was left as it was.')
+    embeddings = F.normalize(embeddings, dim=1)
     num_total = torch.tensor([embeddings.shape[0]], device=embeddings.device)
     if distributed:
         all_reduce(num_total)
@@ -172,8 +236,7 @@ def spherical_kmeans(embeddings: torch.Tensor,
             'initialise the bank later / from the dataset (more embeddings).')
 
     generator = torch.Generator().manual_seed(seed)
-    pool = _gather_seed_pool(embeddings, max_seed_pool, generator,
-                             distributed)
+    pool = _gather_seed_pool(embeddings, max_seed_pool, generator, distributed)
     centroids = _seed_centroids(pool, num_clusters, init, generator)
     del pool
 
@@ -183,7 +246,11 @@ def spherical_kmeans(embeddings: torch.Tensor,
     it = 0
     for it in range(1, num_iters + 1):
         idx, sim = assign_to_centroids(embeddings, centroids, chunk_size)
-        sums = torch.zeros_like(centroids).index_add_(0, idx, embeddings)
+        if embeddings.device.type == 'cpu':
+            # Sequential on CPU: the same sums on every run and rank.
+            sums = torch.zeros_like(centroids).index_add_(0, idx, embeddings)
+        else:  # atomics elsewhere: sum exactly, whatever the order
+            sums = segment_sum(embeddings, idx, num_clusters)
         counts = torch.bincount(idx, minlength=num_clusters).to(sums.dtype)
         # One buffer, one collective: [per-cluster sums | counts | objective].
         stats = sums.new_zeros(num_clusters, sums.shape[1] + 2)
@@ -218,8 +285,8 @@ def spherical_kmeans(embeddings: torch.Tensor,
     return centroids, info
 
 
-def _farthest_points(embeddings: torch.Tensor, sim: torch.Tensor,
-                     num: int, distributed: bool) -> torch.Tensor:
+def _farthest_points(embeddings: torch.Tensor, sim: torch.Tensor, num: int,
+                     distributed: bool) -> torch.Tensor:
     """The ``num`` points with the lowest similarity to their centroid."""
     local_num = min(num, embeddings.shape[0])
     low_sim, low_idx = sim.topk(local_num, largest=False)
@@ -235,9 +302,43 @@ def _farthest_points(embeddings: torch.Tensor, sim: torch.Tensor,
     return cand[order]
 
 
-def kmeans_objective(embeddings: torch.Tensor, centroids: torch.Tensor,
+def kmeans_objective(embeddings: torch.Tensor,
+                     centroids: torch.Tensor,
                      chunk_size: Optional[int] = 65536) -> float:
     """Mean cosine similarity of each embedding to its nearest centroid."""
     _, sim = assign_to_centroids(
         F.normalize(embeddings.float(), dim=1), centroids, chunk_size)
     return float(sim.mean())
+
+
+# Arguments that RelationMinerHook's kmeans_cfg may pass on.
+KMEANS_CFG_KEYS = ('num_iters', 'init', 'seed', 'max_seed_pool', 'chunk_size',
+                   'tol')
+
+
+def check_kmeans_cfg(cfg: dict,
+                     where: str = 'RelationMinerHook.kmeans_cfg') -> None:
+    """Check ``spherical_kmeans`` arguments when they are written, not when
+    clustering starts.
+
+    Args:
+        cfg (dict): The arguments.
+        where (str): How to name them in messages.
+    """
+    unknown = sorted(set(cfg) - set(KMEANS_CFG_KEYS))
+    if unknown:
+        raise TypeError(f'{where} has unknown keys {unknown}; valid keys are '
+                        f'{list(KMEANS_CFG_KEYS)}')
+    if cfg.get('init', 'kmeans++') not in ('kmeans++', 'random'):
+        raise ValueError(f"{where}.init must be 'kmeans++' or 'random', got "
+                         f"{cfg['init']!r}")
+    for key in ('num_iters', 'max_seed_pool', 'chunk_size'):
+        value = cfg.get(key, 1)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(
+                f'{where}.{key} must be a positive int, got {value!r}')
+    if not isinstance(cfg.get('seed', 0), int):
+        raise ValueError(f"{where}.seed must be an int, got {cfg['seed']!r}")
+    tol = cfg.get('tol', 0.0)
+    if not isinstance(tol, (int, float)) or tol < 0:
+        raise ValueError(f'{where}.tol must be a number >= 0, got {tol!r}')

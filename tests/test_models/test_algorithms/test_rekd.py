@@ -5,10 +5,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 from mmengine.registry import init_default_scope
-
 from mmpretrain.models.heads import ContrastiveHead
 from mmpretrain.registry import MODELS
 from mmpretrain.structures import DataSample
+
 import rekd_mm  # noqa: F401  (registers ReKD)
 from tests.toy_configs import toy_model_cfg
 
@@ -38,8 +38,13 @@ def _spy_head(model):
     original = model.head.loss
 
     def spy(query, key, queue, pos_mask=None, mined_scale=1.0):
-        calls.append(dict(query=query.detach(), key=key, queue=queue,
-                          pos_mask=pos_mask, mined_scale=mined_scale))
+        calls.append(
+            dict(
+                query=query.detach(),
+                key=key,
+                queue=queue,
+                pos_mask=pos_mask,
+                mined_scale=mined_scale))
         return original(query, key, queue, pos_mask, mined_scale)
 
     model.head.loss = spy
@@ -141,8 +146,7 @@ def test__queues_advance_together_and_stay_index_aligned():
         # ... and the teacher's keys of the same images in the same slots.
         teacher_keys = model.teacher_embed(views[1])
         torch.testing.assert_close(
-            model.teacher_queue[:, slots], teacher_keys.t(), rtol=0,
-            atol=1e-5)
+            model.teacher_queue[:, slots], teacher_keys.t(), rtol=0, atol=1e-5)
         assert model.queue_labels[slots].tolist() == list(
             range(10 * step, 10 * step + 8))
         assert (model.queue_assign[slots] == -1).all()  # bank not ready
@@ -237,8 +241,7 @@ def test__training_step_leaves_the_global_rng_untouched():
 
 
 def test__batch_centred_mining_space():
-    model = _build(miner=dict(num_prototypes=4, threshold=0.0,
-                              center='batch'))
+    model = _build(miner=dict(num_prototypes=4, threshold=0.0, center='batch'))
     assert 'mining_queue' in model.state_dict()
     views, samples = _batch(num=8)
     with torch.no_grad():
@@ -307,17 +310,14 @@ def test__unknown_relation_source_is_named():
 def test__cap_keeps_the_most_similar_positives():
     model = _build(max_positives=2)
     pos_mask = torch.tensor([[True, True, True, False, True],
-                             [False, True, False, False, False],
-                             [False] * 5])
-    sim = torch.tensor([[0.1, 0.9, 0.5, 0.99, 0.7],
-                        [0.3, 0.2, 0.1, 0.0, 0.0],
+                             [False, True, False, False, False], [False] * 5])
+    sim = torch.tensor([[0.1, 0.9, 0.5, 0.99, 0.7], [0.3, 0.2, 0.1, 0.0, 0.0],
                         [0.5, 0.5, 0.5, 0.5, 0.5]])
     capped = model.cap_positives(pos_mask, sim)
     # Row 0: the two most similar positives (0.9 and 0.7), never the
     # more similar non-positive slot 3; row 1 keeps its only positive.
     assert capped.tolist() == [[False, True, False, False, True],
-                               [False, True, False, False, False],
-                               [False] * 5]
+                               [False, True, False, False, False], [False] * 5]
 
 
 def test__cap_is_applied_to_mined_relations():

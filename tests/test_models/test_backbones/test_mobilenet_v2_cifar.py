@@ -1,8 +1,8 @@
 # Copyright (c) rekd_mm contributors. All rights reserved.
 import pytest
 import torch
-
 from mmpretrain.models.backbones import MobileNetV2
+
 from rekd_mm.models.backbones import MobileNetV2_CIFAR
 
 
@@ -16,10 +16,10 @@ def test__state_dict_is_mobilenet_v2s():
     # Probe and detection configs load it as a plain MobileNetV2.
     ours = MobileNetV2_CIFAR(widen_factor=0.5).state_dict()
     theirs = MobileNetV2(widen_factor=0.5).state_dict()
-    assert {k: v.shape for k, v in ours.items()} == {
-        k: v.shape
-        for k, v in theirs.items()
-    }
+    assert {k: v.shape
+            for k, v in ours.items()
+            } == {k: v.shape
+                  for k, v in theirs.items()}
 
 
 def test__stride_two_is_mobilenet_v2():

@@ -1,11 +1,11 @@
-# Copyright (c) OpenMMLab. All rights reserved.
+# Copyright (c) rekd_mm contributors. All rights reserved.
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
-
 from mmpretrain.models.heads import ContrastiveHead
+
 from rekd_mm.models.heads import RelationContrastiveHead
 
 

@@ -37,16 +37,16 @@ def _head(**kwargs):
 def test__mean_log_with_equal_weights_is_the_contract_form():
     p = _probs()
     # Anchor 0: own key + slots 0, 1 (three positives); anchor 1: InfoNCE.
-    expected = (-(math.log(p[0][0]) + math.log(p[0][1]) + math.log(p[0][2]))
-                / 3 - math.log(p[1][0])) / 2
+    expected = (-(math.log(p[0][0]) + math.log(p[0][1]) + math.log(p[0][2])) /
+                3 - math.log(p[1][0])) / 2
     loss = _head().loss(QUERY, KEY, QUEUE, MASK)
     assert loss.item() == pytest.approx(expected, rel=1e-6)
 
 
 def test__log_sum_is_the_log_of_the_mean_probability():
     p = _probs()
-    expected = (-math.log((p[0][0] + p[0][1] + p[0][2]) / 3) -
-                math.log(p[1][0])) / 2
+    expected = (-math.log(
+        (p[0][0] + p[0][1] + p[0][2]) / 3) - math.log(p[1][0])) / 2
     loss = _head(pos_combine='log_sum').loss(QUERY, KEY, QUEUE, MASK)
     assert loss.item() == pytest.approx(expected, rel=1e-6)
 
@@ -62,8 +62,9 @@ def test__own_key_weight_splits_the_rest_among_mined(combine):
     else:
         first = -math.log(sum(wi * v for wi, v in zip(w, vals)))
     expected = (first - math.log(p[1][0])) / 2
-    loss = _head(pos_combine=combine, own_key_weight=alpha).loss(
-        QUERY, KEY, QUEUE, MASK)
+    loss = _head(
+        pos_combine=combine,
+        own_key_weight=alpha).loss(QUERY, KEY, QUEUE, MASK)
     assert loss.item() == pytest.approx(expected, rel=1e-6)
 
 
@@ -87,8 +88,8 @@ def test__mined_scale_scales_the_mined_share():
     head = _head()
     weights = head.positive_weights(MASK, mined_scale=0.5)
     # Equal weights give the mined pair 2/3; half of it is 1/3.
-    torch.testing.assert_close(weights[0], torch.tensor([2 / 3, 1 / 6, 1 / 6,
-                                                         0.0]))
+    torch.testing.assert_close(weights[0],
+                               torch.tensor([2 / 3, 1 / 6, 1 / 6, 0.0]))
     torch.testing.assert_close(weights[1], torch.tensor([1.0, 0, 0, 0]))
 
 
@@ -107,3 +108,12 @@ def test__log_sum_gradient_is_finite_with_many_zero_weights():
 def test__bad_arguments_are_named(kwargs, key):
     with pytest.raises(ValueError, match=key):
         RelationContrastiveHead(**kwargs)
+
+
+def test__logits_stay_float32_under_cpu_bf16_autocast():
+    head = _head(pos_combine='log_sum')
+    expected = head.loss(QUERY, KEY, QUEUE, MASK)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        got = head.loss(QUERY, KEY, QUEUE, MASK)
+    assert got.dtype == torch.float32
+    assert got.item() == pytest.approx(expected.item(), rel=1e-6)

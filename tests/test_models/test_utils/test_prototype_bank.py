@@ -1,4 +1,4 @@
-# Copyright (c) OpenMMLab. All rights reserved.
+# Copyright (c) rekd_mm contributors. All rights reserved.
 import math
 
 import numpy as np
@@ -35,8 +35,9 @@ def test__connection_step_honours_the_threshold():
 
 def test__connection_step_returns_argmax_prototype():
     bank = _bank(threshold=0.0)
-    emb = F.normalize(torch.tensor([[0.1, 0.9, 0.2], [0.2, 0.1, 0.9],
-                                    [0.9, 0.3, 0.1]]), dim=1)
+    emb = F.normalize(
+        torch.tensor([[0.1, 0.9, 0.2], [0.2, 0.1, 0.9], [0.9, 0.3, 0.1]]),
+        dim=1)
     assign, sim = bank.assign(emb)
     assert assign.tolist() == [1, 2, 0]
     torch.testing.assert_close(sim, emb.max(1).values)
@@ -54,8 +55,8 @@ def test__update_step_matches_the_formula():
     m0 = 0.9
     bank = _bank(threshold=0.3, momentum=m0)
     bank.prototypes.copy_(
-        F.normalize(torch.tensor([[1., .2, 0.], [0., 1., .3], [0., 0., 1.]]),
-                    dim=1))
+        F.normalize(
+            torch.tensor([[1., .2, 0.], [0., 1., .3], [0., 0., 1.]]), dim=1))
     before = bank.prototypes.clone()
     # Two anchors near p0, one near p1, one unassigned (far from all);
     # p2 gets no anchor and must not move.

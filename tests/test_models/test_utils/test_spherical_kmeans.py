@@ -1,4 +1,4 @@
-# Copyright (c) OpenMMLab. All rights reserved.
+# Copyright (c) rekd_mm contributors. All rights reserved.
 import pytest
 import torch
 import torch.nn.functional as F
@@ -57,7 +57,11 @@ def test__empty_clusters_are_reseeded():
     reseeded = 0
     for seed in range(10):
         centroids, info = spherical_kmeans(
-            points, 2, num_iters=3, init='random', seed=seed,
+            points,
+            2,
+            num_iters=3,
+            init='random',
+            seed=seed,
             distributed=False)
         reseeded += info['num_reseeded']
         assert info['objective'] == pytest.approx(1.0, abs=1e-6)
@@ -81,10 +85,10 @@ def test__chunked_assignment_equals_unchunked():
 @pytest.mark.parametrize('init', ['kmeans++', 'random'])
 def test__same_seed_gives_the_same_result(init):
     points, _ = _clusters(per_cluster=25, noise=0.6)
-    first, _ = spherical_kmeans(points, 4, init=init, seed=3,
-                                distributed=False)
-    second, _ = spherical_kmeans(points, 4, init=init, seed=3,
-                                 distributed=False)
+    first, _ = spherical_kmeans(
+        points, 4, init=init, seed=3, distributed=False)
+    second, _ = spherical_kmeans(
+        points, 4, init=init, seed=3, distributed=False)
     assert torch.equal(first, second)
     others = [
         spherical_kmeans(points, 4, init=init, seed=s, distributed=False)[0]

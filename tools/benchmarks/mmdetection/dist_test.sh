@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# Copyright (c) rekd_mm contributors. All rights reserved.
 # Evaluate a fine-tuned detector (COCO bbox/segm mAP, or VOC mAP) with mmdet's
 # own tools/test.py, in the detection venv (.venv-det).
 #

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# Copyright (c) rekd_mm contributors. All rights reserved.
 # Fine-tune a detection-transfer config (FPN) from a ReKD checkpoint with
 # mmdet's own tools/train.py, in the detection venv (.venv-det).
 #

@@ -1,0 +1,214 @@
+# Copyright (c) rekd_mm contributors. All rights reserved.
+"""The final comparison of the quality benchmark: mean ± std over seeds.
+
+Reads the per-seed result files of ``benchmarks/quality.py`` (one JSON per
+data set and seed, same regime and budget) and writes, per data set and
+variant, the mean and sample standard deviation of the student's kNN top-1
+and linear-probe top-1, the teacher's, and the training wall time; the
+difference of every variant to MoCo v2 with twice the pooled standard
+deviation, and whether the issue's target holds (Δ ≥ 3 kNN points and
+Δ > 2 pooled std). Output: JSON, Markdown (``.md``) and a bar plot
+(``.png``, one colour per variant in every panel).
+
+Example::
+
+    python benchmarks/quality_summary.py \\
+        benchmarks/results/quality_small_*_seed*.json \\
+        --out benchmarks/results/quality_small_summary.json
+"""
+import argparse
+import json
+import math
+import os
+import os.path as osp
+import statistics
+import sys
+from collections import defaultdict
+from typing import Dict, List, Optional
+
+sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
+from common import command_line, markdown_table  # noqa: E402
+from quality import variant_colours  # noqa: E402
+
+METRICS = ('student_knn_top1', 'student_probe_top1', 'teacher_knn_top1',
+           'teacher_probe_top1', 'train_wall_s')
+TARGET_DELTA = 3.0
+
+
+def mean_std(values: List[float]) -> Dict:
+    """Mean, sample std (0 for one value) and count."""
+    values = [float(v) for v in values]
+    return dict(
+        mean=statistics.fmean(values),
+        std=statistics.stdev(values) if len(values) > 1 else 0.0,
+        n=len(values))
+
+
+def pooled_std(a: Dict, b: Dict) -> float:
+    """Pooled sample std of two groups (``mean_std`` results)."""
+    dof = a['n'] + b['n'] - 2
+    if dof <= 0:
+        return 0.0
+    return math.sqrt(
+        ((a['n'] - 1) * a['std']**2 + (b['n'] - 1) * b['std']**2) / dof)
+
+
+def summarise(result_files: List[dict]) -> Dict:
+    """Group the records by data set and variant, over seeds.
+
+    Raises:
+        ValueError: When the files mix regimes or budgets, or one seed of
+            a data set and variant appears twice.
+    """
+    settings = {(r['settings'].get('regime'), r['settings']['iters'])
+                for r in result_files}
+    if len(settings) != 1:
+        raise ValueError(f'the files mix regimes/budgets {sorted(settings)}: '
+                         'summarise one (regime, --iters) at a time')
+    groups = defaultdict(lambda: defaultdict(list))
+    seen = set()
+    for result in result_files:
+        seed = result['settings']['seed']
+        for rec in result['records']:
+            key = (rec['dataset'], rec['variant'], seed)
+            if key in seen:
+                raise ValueError(f'{key[0]} / {key[1]} seed {seed} appears '
+                                 'twice')
+            seen.add(key)
+            group = groups[(rec['dataset'], rec['variant'])]
+            group['seeds'].append(seed)
+            for metric in METRICS:
+                if rec.get(metric) is not None:
+                    group[metric].append(rec[metric])
+    rows = []
+    for (dataset, variant), group in groups.items():
+        row = dict(
+            dataset=dataset, variant=variant, seeds=sorted(group['seeds']))
+        for metric in METRICS:
+            if group[metric]:
+                row[metric] = mean_std(group[metric])
+        rows.append(row)
+    by_key = {(r['dataset'], r['variant']): r for r in rows}
+    for row in rows:
+        base = by_key.get((row['dataset'], 'mocov2'))
+        if base is None or row['variant'] == 'mocov2':
+            continue
+        for metric in ('student_knn_top1', 'student_probe_top1'):
+            if metric in row and metric in base:
+                delta = row[metric]['mean'] - base[metric]['mean']
+                two_pooled = 2 * pooled_std(row[metric], base[metric])
+                row[f'delta_{metric}'] = dict(
+                    delta=delta,
+                    two_pooled_std=two_pooled,
+                    target_met=(delta >= TARGET_DELTA and delta > two_pooled
+                                and
+                                min(row[metric]['n'], base[metric]['n']) >= 2))
+    regime, iters = settings.pop()
+    return dict(regime=regime, iters=iters, rows=rows)
+
+
+def _cell(stat: Optional[Dict]) -> str:
+    if not stat:
+        return '-'
+    return f"{stat['mean']:.2f} ± {stat['std']:.2f} (n={stat['n']})"
+
+
+def build_markdown(summary: Dict, command: str, files: List[str]) -> str:
+    headers = [
+        'dataset', 'variant', 'student kNN', 'Δ kNN vs MoCo v2 (2·pooled std)',
+        'student probe', 'Δ probe', 'teacher kNN', 'train time (s)'
+    ]
+    rows = []
+    for row in summary['rows']:
+        deltas = []
+        for metric in ('student_knn_top1', 'student_probe_top1'):
+            d = row.get(f'delta_{metric}')
+            deltas.append('-' if d is None else
+                          f"{d['delta']:+.2f} ({d['two_pooled_std']:.2f})" +
+                          (' ✓' if d['target_met'] else ''))
+        rows.append([
+            row['dataset'], row['variant'],
+            _cell(row.get('student_knn_top1')), deltas[0],
+            _cell(row.get('student_probe_top1')), deltas[1],
+            _cell(row.get('teacher_knn_top1')),
+            _cell(row.get('train_wall_s'))
+        ])
+    return '\n'.join([
+        f"# Quality, mean ± std over seeds ({summary['regime']} regime, "
+        f"{summary['iters']} iterations)", '',
+        markdown_table(headers, rows), '',
+        f'✓: Δ ≥ {TARGET_DELTA} kNN points and Δ > 2 × pooled std, with at '
+        'least two seeds on each side (the target of issue #12). Per-seed '
+        'tables: ' + ', '.join(f'`{osp.basename(f)}`' for f in files) + '.',
+        '', f'Command: `{command}`'
+    ]) + '\n'
+
+
+def plot_summary(summary: Dict, path: str) -> None:
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    datasets = list(dict.fromkeys(r['dataset'] for r in summary['rows']))
+    colours = variant_colours(r['variant'] for r in summary['rows'])
+    metrics = (('student_knn_top1', 'student kNN top-1'),
+               ('student_probe_top1', 'student probe top-1'))
+    fig, axes = plt.subplots(
+        len(metrics),
+        max(1, len(datasets)),
+        figsize=(5 * max(1, len(datasets)), 3.4 * len(metrics)),
+        squeeze=False)
+    for col, dataset in enumerate(datasets):
+        rows = [r for r in summary['rows'] if r['dataset'] == dataset]
+        for i, (metric, label) in enumerate(metrics):
+            ax = axes[i][col]
+            rows_m = [r for r in rows if metric in r]
+            ax.bar(
+                range(len(rows_m)), [r[metric]['mean'] for r in rows_m],
+                yerr=[r[metric]['std'] for r in rows_m],
+                color=[colours[r['variant']] for r in rows_m],
+                capsize=3)
+            ax.set_xticks(range(len(rows_m)))
+            ax.set_xticklabels([r['variant'] for r in rows_m],
+                               rotation=30,
+                               ha='right',
+                               fontsize='small')
+            ax.set_title(f'{dataset}: {label}', fontsize='medium')
+            ax.grid(axis='y', alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main(argv=None) -> Dict:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('results', nargs='+', help='quality.py JSON files')
+    parser.add_argument('--out', required=True, help='summary JSON')
+    args = parser.parse_args(argv)
+    files = []
+    for path in args.results:
+        try:
+            with open(path) as f:
+                files.append(json.load(f))
+        except (OSError, json.JSONDecodeError) as err:
+            sys.exit(f'benchmarks/quality_summary.py: cannot read {path}: '
+                     f'{err}')
+    try:
+        summary = summarise(files)
+    except ValueError as err:
+        sys.exit(f'benchmarks/quality_summary.py: {err}')
+    summary.update(command=command_line(), inputs=args.results)
+    os.makedirs(osp.dirname(osp.abspath(args.out)), exist_ok=True)
+    stem = osp.splitext(args.out)[0]
+    with open(args.out, 'w') as f:
+        json.dump(summary, f, indent=2)
+        f.write('\n')
+    md = build_markdown(summary, summary['command'], args.results)
+    with open(stem + '.md', 'w') as f:
+        f.write(md)
+    plot_summary(summary, stem + '.png')
+    print(md)
+    return summary
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,37 @@
+# Supervised reference (labels + cross-entropy) of the Fashion-MNIST quality
+# regime: one view of the MoCo v2 view pipeline of the data base.
+_base_ = [
+    './_base_/mobilenet-v2-cifar_1xb64-2ki.py',
+    '../../_base_/fashion-mnist_mocov2-32px.py',
+]
+custom_imports = dict(imports=['rekd_mm'], allow_failed_imports=False)
+default_scope = 'mmpretrain'
+model = dict(
+    data_preprocessor=dict(
+        type='ClsDataPreprocessor',
+        num_classes=10,
+        mean={{_base_.data_preprocessor.mean}},
+        std={{_base_.data_preprocessor.std}},
+        to_rgb=False))
+train_dataloader = dict(
+    dataset=dict(pipeline=[
+        dict(type='GrayToRGB'),
+        dict(
+            type='RandomResizedCrop',
+            scale=32,
+            crop_ratio_range=(0.2, 1.),
+            backend='pillow'),
+        dict(
+            type='RandomApply',
+            transforms=[
+                dict(
+                    type='ColorJitter',
+                    brightness=0.4,
+                    contrast=0.4,
+                    saturation=0.4,
+                    hue=0.1)
+            ],
+            prob=0.8),
+        dict(type='RandomFlip', prob=0.5),
+        dict(type='PackInputs'),
+    ]))

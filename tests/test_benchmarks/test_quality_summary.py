@@ -1,0 +1,82 @@
+# Copyright (c) rekd_mm contributors. All rights reserved.
+import importlib.util
+import json
+import math
+import os.path as osp
+
+import pytest
+
+from tests.toy_configs import REPO_ROOT
+
+SCRIPT = osp.join(REPO_ROOT, 'benchmarks', 'quality_summary.py')
+
+
+@pytest.fixture(scope='module')
+def summary_mod():
+    spec = importlib.util.spec_from_file_location('bench_quality_summary',
+                                                  SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _result(seed, knn, iters=2000):
+    return dict(
+        settings=dict(regime='small', iters=iters, seed=seed),
+        records=[
+            dict(
+                dataset='cifar10',
+                variant=v,
+                student_knn_top1=k,
+                student_probe_top1=k + 1,
+                train_wall_s=10.0) for v, k in knn.items()
+        ])
+
+
+def test__mean_std_and_target_against_a_hand_computation(
+        summary_mod, tmp_path):
+    files = [
+        _result(0, dict(mocov2=50.0, rekd=55.0)),
+        _result(1, dict(mocov2=52.0, rekd=54.0)),
+        _result(2, dict(mocov2=51.0, rekd=56.0)),
+    ]
+    paths = []
+    for i, res in enumerate(files):
+        path = tmp_path / f'seed{i}.json'
+        path.write_text(json.dumps(res))
+        paths.append(str(path))
+    out = tmp_path / 'summary.json'
+    summary = summary_mod.main(paths + ['--out', str(out)])
+    rows = {r['variant']: r for r in summary['rows']}
+    assert rows['mocov2']['student_knn_top1'] == dict(mean=51.0, std=1.0, n=3)
+    assert rows['rekd']['student_knn_top1'] == dict(mean=55.0, std=1.0, n=3)
+    delta = rows['rekd']['delta_student_knn_top1']
+    # Pooled std of two groups with std 1: 1; Δ = 4 ≥ 3 and > 2.
+    assert delta['delta'] == 4.0 and math.isclose(delta['two_pooled_std'], 2)
+    assert delta['target_met']
+    md = (tmp_path / 'summary.md').read_text()
+    assert '55.00 ± 1.00 (n=3)' in md and '+4.00 (2.00) ✓' in md
+    assert (tmp_path / 'summary.png').read_bytes()[:4] == b'\x89PNG'
+
+
+def test__a_noisy_gain_misses_the_target(summary_mod):
+    summary = summary_mod.summarise([
+        _result(0, dict(mocov2=50.0, rekd=58.0)),
+        _result(1, dict(mocov2=54.0, rekd=54.0)),
+    ])
+    rows = {r['variant']: r for r in summary['rows']}
+    delta = rows['rekd']['delta_student_knn_top1']
+    # Δ = 4 but the pooled std is sqrt(8): 2·2.83 > 4.
+    assert delta['delta'] == 4.0 and not delta['target_met']
+
+
+def test__mixed_budgets_and_duplicate_seeds_are_refused(summary_mod):
+    with pytest.raises(ValueError, match='mix regimes'):
+        summary_mod.summarise([
+            _result(0, dict(mocov2=1.0)),
+            _result(1, dict(mocov2=1.0), iters=10)
+        ])
+    with pytest.raises(ValueError, match='seed 0 appears twice'):
+        summary_mod.summarise(
+            [_result(0, dict(mocov2=1.0)),
+             _result(0, dict(mocov2=1.0))])

@@ -1,0 +1,29 @@
+# Copyright (c) rekd_mm contributors. All rights reserved.
+"""benchmarks/regime_speed.py runs and writes its table (nothing timed)."""
+import importlib.util
+import json
+import os.path as osp
+
+from tests.toy_configs import REPO_ROOT
+
+SCRIPT = osp.join(REPO_ROOT, 'benchmarks', 'regime_speed.py')
+
+
+def test__writes_one_record_per_backbone_and_mode(tmp_path):
+    spec = importlib.util.spec_from_file_location('bench_regime', SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / 'speed.json'
+    module.main([
+        '--batch', '2', '--repeats', '1', '--backbones',
+        'mobilenet-v2, stride-1 stem', '--modes', 'fp32', 'channels_last',
+        '--out',
+        str(out)
+    ])
+    records = json.loads(out.read_text())['records']
+    assert [(r['backbone'], r['mode']) for r in records
+            ] == [('mobilenet-v2, stride-1 stem', 'fp32'),
+                  ('mobilenet-v2, stride-1 stem', 'channels_last')]
+    assert all(r['median_s'] > 0 for r in records)
+    md = out.with_suffix('.md').read_text()
+    assert '| mobilenet-v2, stride-1 stem | channels_last |' in md

@@ -1,0 +1,40 @@
+# Copyright (c) rekd_mm contributors. All rights reserved.
+import torch
+import torch.nn.functional as F
+
+from rekd_mm.evaluation.feature_probe import (feature_linear_probe,
+                                              fit_logistic_regression)
+
+
+def test__fit_reaches_the_optimum_of_a_convex_problem():
+    gen = torch.Generator().manual_seed(0)
+    feats = torch.randn(200, 5, generator=gen)
+    labels = torch.randint(0, 3, (200, ), generator=gen)
+    wd = 1e-2
+    model = fit_logistic_regression(feats, labels, 3, wd)
+    assert model['converged']
+    # The gradient of the objective vanishes at the returned point.
+    weight = model['weight'].clone().requires_grad_(True)
+    bias = model['bias'].clone().requires_grad_(True)
+    loss = F.cross_entropy(feats @ weight.t() + bias, labels) + \
+        0.5 * wd * weight.pow(2).sum()
+    loss.backward()
+    assert weight.grad.abs().max() < 1e-4 and bias.grad.abs().max() < 1e-4
+    assert abs(loss.item() - model['loss']) < 1e-6
+
+
+def test__separable_classes_are_probed_perfectly_and_noise_is_not():
+    gen = torch.Generator().manual_seed(1)
+    centres = torch.randn(4, 16, generator=gen) * 5
+    train_y = torch.randint(0, 4, (400, ), generator=gen)
+    val_y = torch.randint(0, 4, (100, ), generator=gen)
+    train_x = centres[train_y] + torch.randn(400, 16, generator=gen)
+    val_x = centres[val_y] + torch.randn(100, 16, generator=gen)
+    result = feature_linear_probe(train_x, train_y, val_x, val_y, 4)
+    assert result['top1'] == 100.0
+    assert result['weight_decay'] in (1e-4, 1e-3, 1e-2)
+    # Features unrelated to the labels: chance level on held-out data.
+    noise = feature_linear_probe(
+        torch.randn(400, 16, generator=gen), train_y,
+        torch.randn(100, 16, generator=gen), val_y, 4)
+    assert noise['top1'] < 45
