@@ -114,3 +114,26 @@ def test__bank_update_and_used_count_do_not_sync():
         used = count_used(assign, 5)
     assert counter.count == 0, counter.ops
     assert used == len(set(assign[assign >= 0].tolist()))
+
+
+def test__loss_guard_reads_the_host_once_per_iteration():
+    from types import SimpleNamespace
+
+    from rekd_mm.engine.hooks import LossGuardHook
+    outputs = dict(
+        loss=torch.tensor(3.0),
+        loss_teacher=torch.tensor(1.0),
+        loss_relation=torch.tensor(2.0),
+        relation_precision=torch.tensor(float('nan')))  # not a loss term
+    with HostSyncCounter() as counter:
+        LossGuardHook().after_train_iter(
+            SimpleNamespace(iter=0), 0, outputs=outputs)
+    assert counter.count == 1, counter.ops
+    outputs['loss_relation'] = torch.tensor(float('inf'))
+    with pytest.raises(FloatingPointError, match='loss_relation is inf'):
+        LossGuardHook().after_train_iter(
+            SimpleNamespace(
+                iter=4,
+                message_hub=SimpleNamespace(get_info=lambda key: None)),
+            0,
+            outputs=outputs)

@@ -45,11 +45,14 @@ class LossGuardHook(Hook):
                          data_batch: DATA_BATCH = None,
                          outputs: Optional[dict] = None) -> None:
         """Raise if a loss term of this iteration is not finite."""
-        bad = self._first_bad_term(outputs)
-        flag = torch.tensor([0. if bad is None else 1.])
+        # One host read per iteration: the finiteness of every term is
+        # reduced on the terms' device, all-reduced, then read once. Only a
+        # failing iteration pays for finding the term to name.
+        flag = self._any_bad_flag(outputs)
         all_reduce(flag)  # a no-op without a process group
         if float(flag) == 0:
             return
+        bad = self._first_bad_term(outputs)
         # runner.iter is incremented after this hook: +1 matches the
         # ``Iter(train) [N/...]`` numbering of the log.
         it = runner.iter + 1
@@ -68,6 +71,26 @@ class LossGuardHook(Hook):
             '(lower optim_wrapper.optimizer.lr or add optim_wrapper.clip_grad'
             '), fp16 overflow without a dynamic loss scale, or a broken data '
             'pipeline (constant or empty images).')
+
+    @staticmethod
+    def _any_bad_flag(outputs: Optional[dict]) -> torch.Tensor:
+        """``[1.]`` if some loss term is not finite, else ``[0.]``, computed
+        without a host synchronisation for tensor terms."""
+        if not isinstance(outputs, dict):
+            return torch.zeros(1)
+        finite = []
+        for name, value in outputs.items():
+            if 'loss' not in name:
+                continue
+            if isinstance(value, torch.Tensor):
+                finite.append(torch.isfinite(value.detach()).all())
+            else:
+                finite.append(torch.tensor(math.isfinite(float(value))))
+        if not finite:
+            return torch.zeros(1)
+        device = finite[0].device
+        ok = torch.stack([f.to(device) for f in finite]).all()
+        return (~ok).float().reshape(1)
 
     @staticmethod
     def _first_bad_term(outputs: Optional[dict]) -> Optional[tuple]:
