@@ -535,10 +535,12 @@ def build_markdown(results: Dict) -> str:
         '',
         markdown_table(headers, rows),
         '',
-        f'kNN: weighted, T=0.07, on {knn_sizes or "-"}. Probe: '
-        'multinomial logistic regression on the frozen, un-augmented '
-        'features (standardised; L-BFGS to convergence; L2 penalty chosen '
-        'on a held-out tenth of the training split). Reference rows: '
+        f'kNN: weighted, T=0.07, on {knn_sizes or "-"}. Probe: ' +
+        ('multinomial logistic regression on the frozen, un-augmented '
+         'features (standardised; L-BFGS to convergence; L2 penalty chosen '
+         'on a held-out tenth of the training split). ' if settings.get(
+             'feature_probe', True) else 'not run '
+         '(--no-feature-probe). ') + 'Reference rows: '
         '`untrained` (the student as initialised), `pixels` (raw pixels, '
         'centred), `supervised` (labels + cross-entropy, same budget). '
         '`_oracle` variants take their relations from the labels (analysis '
@@ -1047,6 +1049,7 @@ def main(argv: Optional[List[str]] = None) -> Dict:
             datasets=args.datasets,
             variants=args.variants,
             regime=args.regime,
+            feature_probe=args.feature_probe,
             iters=args.iters,
             seed=args.seed,
             threads=args.threads,
