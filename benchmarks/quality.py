@@ -140,7 +140,7 @@ _MODIFIER = re.compile(
     r'|(?P<flag>no_relation|offline|oracle))')
 
 # Reference rows: no self-supervised pretraining (docs/quality.md).
-# ``untrained``: the student as initialised; ``pixels``: raw pixels;
+# ``untrained``: a freshly initialised student; ``pixels``: raw pixels;
 # ``supervised``: the student trained with labels and cross-entropy at the
 # same budget (the ceiling).
 REFERENCES = ('untrained', 'pixels', 'supervised')
@@ -541,7 +541,7 @@ def build_markdown(results: Dict) -> str:
          'on a held-out tenth of the training split). ' if settings.get(
              'feature_probe', True) else 'not run '
          '(--no-feature-probe). ') + 'Reference rows: '
-        '`untrained` (the student as initialised), `pixels` (raw pixels, '
+        '`untrained` (a freshly initialised student), `pixels` (raw pixels, '
         'centred), `supervised` (labels + cross-entropy, same budget). '
         '`_oracle` variants take their relations from the labels (analysis '
         'upper bound). Relation precision: share of mined positive pairs of '

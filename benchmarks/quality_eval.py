@@ -17,6 +17,7 @@ from mmpretrain.registry import MODELS
 from rekd_mm.evaluation import (build_data_preprocessor, build_knn_dataloader,
                                 extract_features, weighted_knn)
 from rekd_mm.evaluation.feature_probe import feature_linear_probe
+from rekd_mm.evaluation.knn import count_classes
 from rekd_mm.evaluation.knn_eval import backbone_cfg_for_prefix
 from rekd_mm.utils.checkpoint import load_prefixed_weights
 
@@ -75,11 +76,6 @@ def score_features(train_feats,
     return result
 
 
-def _num_classes(loader, *labels) -> int:
-    classes = getattr(loader.dataset, 'CLASSES', None) or ()
-    return max(len(classes), max(int(lab.max()) for lab in labels) + 1)
-
-
 def _evaluate_backbone(cfg, backbone, args, center: bool = False) -> Dict:
     """Features of both splits (pooled last stage), then scores.
 
@@ -102,7 +98,7 @@ def _evaluate_backbone(cfg, backbone, args, center: bool = False) -> Dict:
         train_y,
         val_f,
         val_y,
-        _num_classes(train_loader, train_y, val_y),
+        count_classes(train_loader, train_y, val_y),
         probe=getattr(args, 'feature_probe', True),
         seed=args.seed)
     result['wall_s'] = time.perf_counter() - start
@@ -122,9 +118,12 @@ def evaluate_checkpoint(cfg, checkpoint: str, prefix: str, args) -> Dict:
 
 
 def evaluate_untrained(cfg, seed: int, args) -> Dict:
-    """Scores of the student as initialised before training: its config,
-    built right after ``torch.manual_seed(seed)`` (as the Runner seeds before
-    building the model, whose first module is the student backbone)."""
+    """Scores of a freshly initialised student: its config's backbone, built
+    and initialised right after ``torch.manual_seed(seed)``.
+
+    The same architecture and initialisation scheme as the trained run, not
+    its exact initial weights: the Runner draws from the RNG between seeding
+    and ``init_weights()`` (``tools/demo.py`` saves the exact ones)."""
     torch.manual_seed(seed)
     backbone = MODELS.build(backbone_cfg_for_prefix(cfg, 'backbone.'))
     backbone.init_weights()

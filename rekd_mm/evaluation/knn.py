@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader
 
 __all__ = [
     'extract_features', 'weighted_knn', 'evaluate_knn', 'build_knn_dataloader',
-    'build_data_preprocessor', 'pool_features'
+    'build_data_preprocessor', 'pool_features', 'count_classes'
 ]
 
 
@@ -352,7 +352,7 @@ def evaluate_knn(backbone: nn.Module,
         val_dataloader,
         data_preprocessor,
         show_progress=show_progress)
-    num_classes = _num_classes(train_dataloader, train_labels, val_labels)
+    num_classes = count_classes(train_dataloader, train_labels, val_labels)
     result = {}
     for kk in ks:
         scores = weighted_knn(train_feats, train_labels, val_feats, val_labels,
@@ -365,7 +365,7 @@ def evaluate_knn(backbone: nn.Module,
     return result
 
 
-def _num_classes(loader: DataLoader, *labels: torch.Tensor) -> int:
+def count_classes(loader: DataLoader, *labels: torch.Tensor) -> int:
     """Classes of the data set's metainfo, else from the labels seen (a
     subset may miss classes, which must still count for top-5)."""
     classes = getattr(getattr(loader, 'dataset', None), 'CLASSES', None)
