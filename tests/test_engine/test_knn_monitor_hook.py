@@ -1,10 +1,12 @@
 # Copyright (c) rekd_mm contributors. All rights reserved.
+import copy
 import glob
 import json
 import os.path as osp
 
 import pytest
 from mmengine.config import Config
+from mmengine.hooks import Hook
 from mmengine.runner import Runner
 from mmpretrain.utils import get_ori_model
 
@@ -83,3 +85,37 @@ def test__hook_without_knn_dataloaders_fails_before_training(tmp_path):
     with pytest.raises(KeyError, match='knn_train_dataloader'):
         runner.train()
     assert runner.iter == 0
+
+
+def test__initial_point_scores_the_weights_training_starts_from(tmp_path):
+    runner = _runner(tmp_path, initial=True, interval=4, teacher=False)
+    model = get_ori_model(runner.model)
+    snapshots = []
+
+    # Runs before KNNMonitorHook's before_train (priority VERY_HIGH < LOW),
+    # i.e. after the Runner's weight initialisation, before iteration 1.
+    class Snapshot(Hook):
+        priority = 'VERY_HIGH'
+
+        def before_train(self, runner):
+            snapshots.append(copy.deepcopy(model.backbone))
+
+    runner.register_hook(Snapshot())
+    runner.train()
+
+    scalars = glob.glob(
+        osp.join(str(tmp_path), '*', 'vis_data', 'scalars.json'))
+    records = [json.loads(line) for line in open(scalars[0])]
+    assert [r['step'] for r in records if 'knn/student_top1' in r] == [0, 4]
+    train = build_knn_dataloader(toy_knn_loader_cfg('train'), 48, seed=0)
+    val = build_knn_dataloader(toy_knn_loader_cfg('test'), 24, seed=0)
+    initial = snapshots[0]
+    initial.eval()  # mmpretrain backbones' train() returns None
+    expected = weighted_knn(
+        *extract_features(initial, train, model.data_preprocessor),
+        *extract_features(initial, val, model.data_preprocessor),
+        k=5,
+        num_classes=10)
+    values = runner.message_hub.get_scalar('knn/student_top1').data[0]
+    assert values[0] == pytest.approx(expected['top1'])
+    assert 'knn/teacher_top1' not in runner.message_hub.log_scalars

@@ -38,3 +38,51 @@ def test__separable_classes_are_probed_perfectly_and_noise_is_not():
         torch.randn(400, 16, generator=gen), train_y,
         torch.randn(100, 16, generator=gen), val_y, 4)
     assert noise['top1'] < 45
+
+
+def test__a_start_at_the_optimum_needs_no_iteration_and_changes_nothing():
+    gen = torch.Generator().manual_seed(2)
+    feats = torch.randn(300, 6, generator=gen)
+    labels = torch.randint(0, 3, (300, ), generator=gen)
+    cold = fit_logistic_regression(feats, labels, 3, 1e-2)
+    warm = fit_logistic_regression(
+        feats, labels, 3, 1e-2, init=(cold['weight'], cold['bias']))
+    assert cold['iterations'] > 5
+    assert warm['converged'] and warm['iterations'] <= 1
+    torch.testing.assert_close(
+        warm['weight'], cold['weight'], atol=1e-4, rtol=0)
+    # A start elsewhere reaches the same (unique) optimum.
+    far = fit_logistic_regression(
+        feats,
+        labels,
+        3,
+        1e-2,
+        init=(torch.randn(3, 6, generator=gen), torch.randn(3, generator=gen)))
+    torch.testing.assert_close(
+        far['weight'], cold['weight'], atol=1e-3, rtol=0)
+
+
+def test__the_penalty_is_chosen_on_a_subset_of_the_fit_split():
+    gen = torch.Generator().manual_seed(3)
+    centres = torch.randn(3, 8, generator=gen) * 3
+    train_y = torch.randint(0, 3, (500, ), generator=gen)
+    train_x = centres[train_y] + torch.randn(500, 8, generator=gen)
+    result = feature_linear_probe(
+        train_x,
+        train_y,
+        train_x[:50],
+        train_y[:50],
+        3,
+        max_select_samples=120)
+    # 50 held out, 450 left, of which 120 fit each candidate penalty.
+    assert result['select_samples'] == 120
+    assert set(result['holdout_top1']) == {'0.0001', '0.001', '0.01'}
+    assert result['converged'] and result['top1'] > 90
+    everything = feature_linear_probe(
+        train_x,
+        train_y,
+        train_x[:50],
+        train_y[:50],
+        3,
+        max_select_samples=None)
+    assert everything['select_samples'] == 450

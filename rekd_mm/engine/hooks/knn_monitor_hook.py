@@ -48,6 +48,10 @@ class KNNMonitorHook(Hook):
             has ``teacher_module``. Defaults to True.
         teacher_module (str): Dotted name of the teacher backbone.
             Defaults to ``'teacher.backbone'``.
+        initial (bool): Whether to score the networks before the first
+            iteration too (logged at step 0), so that a learning curve
+            starts from the initialisation. Skipped when resuming. Defaults
+            to False.
     """
 
     priority = 'LOW'
@@ -63,7 +67,8 @@ class KNNMonitorHook(Hook):
                  max_val_samples: Optional[int] = None,
                  seed: int = 0,
                  teacher: bool = True,
-                 teacher_module: str = 'teacher.backbone') -> None:
+                 teacher_module: str = 'teacher.backbone',
+                 initial: bool = False) -> None:
         if interval < 1:
             raise ValueError(f'KNNMonitorHook: interval must be >= 1, got '
                              f'{interval}')
@@ -79,11 +84,12 @@ class KNNMonitorHook(Hook):
         self.seed = seed
         self.teacher = teacher
         self.teacher_module = teacher_module
+        self.initial = initial
         self._loaders: Dict[str, object] = {}
 
     def before_train(self, runner: Runner) -> None:
         """Resolve the dataloader configs (a missing one fails now, not
-        after the first interval)."""
+        after the first interval); score the initialisation if asked."""
         for split in ('train', 'val'):
             if self.loader_cfgs[split] is None:
                 cfg = runner.cfg.get(f'knn_{split}_dataloader', None)
@@ -93,6 +99,8 @@ class KNNMonitorHook(Hook):
                         f'knn_{split}_dataloader in the config (labelled, '
                         'un-augmented samples)')
                 self.loader_cfgs[split] = cfg
+        if self.initial and runner.iter == 0:
+            self.evaluate(runner, step=0)
 
     def _loader(self, split: str):
         if split not in self._loaders:

@@ -60,7 +60,8 @@ class RelationMinerHook(Hook):
         reinit_mismatched_state (bool): When the checkpoint of
             ``load_from``/``--resume`` holds a bank or queues that do not fit
             the config (``model.miner.num_prototypes``, ``model.queue_len``,
-            ``model.feat_dim``, ``model.miner.center``, the global batch),
+            ``model.feat_dim``, ``model.teacher_feat_dim``,
+            ``model.miner.center``, the global batch),
             start the bank and both queues afresh (the bank is clustered
             again at this hook's schedule) instead of stopping with the key
             and both values. Defaults to False.

@@ -11,7 +11,7 @@ from mmpretrain.models.selfsup.base import BaseSelfSupervisor
 from mmpretrain.registry import MODELS
 from mmpretrain.structures import DataSample
 
-from rekd_mm.utils.checkpoint import load_prefixed_weights
+from rekd_mm.utils.checkpoint import ENCODER_WEIGHTS, load_encoder_weights
 from ..utils.batch_shuffle import (gather_shuffled, gather_unshuffled,
                                    shuffle_permutation)
 from ..utils.ema import SyncFreeEMA
@@ -36,13 +36,23 @@ class ReKD(BaseSelfSupervisor):
     - ``encoder_k.*``: the student's momentum encoder (as in ``MoCo``);
     - ``teacher.backbone.*``, ``teacher.neck.*``, ``teacher_encoder_k.*``:
       the teacher and its momentum encoder;
-    - ``queue`` / ``teacher_queue`` ``(D, L)``: index-aligned key queues (slot
-      ``j`` of both comes from the same past image), with ``queue_ptr``,
+    - ``queue`` ``(D, L)`` / ``teacher_queue`` ``(D_t, L)``: index-aligned
+      key queues (slot ``j`` of both comes from the same past image; D is
+      ``feat_dim``, D_t ``teacher_feat_dim``), with ``queue_ptr``,
       ``queue_labels`` (-1 when the data set has no label; labels are only
       used for the logged relation precision, never for training),
       ``queue_assign`` (cached prototype of each teacher slot) and
       ``queue_count``;
-    - ``miner.*``: the :class:`PrototypeBank`.
+    - ``miner.*``: the :class:`PrototypeBank` (K x D_t);
+    - ``kd_projection.*``: with ``kd_projection=True`` only, the student's
+      learnt map of its query into the teacher's dimension.
+
+    The student and the teacher may embed in different dimensions: relations
+    are mined in the teacher's space only (teacher queue, ``mining_queue``,
+    bank), and the student's loss only reads the mined ``(N, L)`` mask, whose
+    slots are index-aligned whatever the two dimensions. Only the optional
+    response distillation compares ``q_s`` with ``q_t`` directly, so it needs
+    equal dimensions or ``kd_projection``.
 
     Args:
         backbone (dict): Config of the student backbone.
@@ -50,7 +60,12 @@ class ReKD(BaseSelfSupervisor):
         head (dict): Config of the student's relation head
             (``RelationContrastiveHead``).
         teacher_backbone (dict): Config of the teacher backbone.
-        teacher_neck (dict): Config of the teacher neck.
+        teacher_neck (dict): Config of the teacher neck. Its first output,
+            ``(N, D_t)``, is the teacher's embedding (for DenseCL's
+            ``DenseCLNeck`` the global projection; its dense outputs are
+            loaded but unused). A pretrained backbone without its neck can
+            use ``dict(type='GlobalAveragePooling')`` (no weights) with
+            ``teacher_feat_dim`` = the backbone's channels.
         teacher_head (dict): Config of the teacher's contrastive head
             (mmpretrain's ``ContrastiveHead``).
         miner (dict): Arguments of :class:`PrototypeBank`
@@ -67,7 +82,11 @@ class ReKD(BaseSelfSupervisor):
             most similar to it in the mining space.
         queue_len (int): Length L of both queues. Must be a multiple of the
             global batch size. Defaults to 65536.
-        feat_dim (int): Output dimension D of both necks. Defaults to 128.
+        feat_dim (int): Output dimension D of the student's neck (the
+            student queue). Defaults to 128.
+        teacher_feat_dim (int, optional): Output dimension D_t of the
+            teacher's neck: the teacher queue, ``mining_queue`` and the
+            prototype bank live in it. Defaults to None (``feat_dim``).
         momentum (float): Momentum of the student's momentum encoder in
             mmengine's convention, i.e. the weight of the NEW value: MoCo's
             0.999 is written 0.001. Defaults to 0.001.
@@ -75,15 +94,42 @@ class ReKD(BaseSelfSupervisor):
             Defaults to None (same as ``momentum``).
         loss_weights (dict, optional): ``teacher`` (w_t), ``relation``
             (w_rel) and ``kd`` (w_kd, response distillation
-            ``2 - 2 cos(q_s, q_t)``). Defaults to
+            ``2 - 2 cos(q_s, q_t)``; with D != D_t it needs
+            ``kd_projection``). Defaults to
             ``dict(teacher=1.0, relation=1.0, kd=0.0)``.
-        teacher_pretrained (dict, optional): Offline-teacher mode. Keys:
-            ``checkpoint`` (path to any mmpretrain checkpoint or plain state
-            dict), ``prefix`` (prefix in front of ``backbone.``/``neck.`` in
-            that file: ``''`` for a MoCo checkpoint, ``'teacher.'`` for a
-            ReKD one; defaults to ``''``) and ``frozen`` (defaults to True:
-            no teacher loss and no teacher update). Loaded with
-            ``weights_only=True``. Defaults to None (online teacher).
+        kd_projection (bool): Map the student's unit query into the
+            teacher's dimension with a learnt ``nn.Linear(D, D_t)`` (part of
+            the student, trained by ``loss_kd`` alone) and re-normalise it
+            before the response distillation. Needs ``kd > 0``.
+            Defaults to False.
+        teacher_pretrained (dict, optional): Offline-teacher mode, loaded
+            with ``weights_only=True`` (a checkpoint never runs code) at
+            :meth:`init_weights`. Keys:
+
+            - ``checkpoint`` (str): any mmpretrain / mmselfsup
+              self-supervised checkpoint, a ReKD checkpoint, or a plain
+              state dict (e.g. ``tools/model_converters/extract_backbone.py``
+              or ``ExportWeightsHook`` output);
+            - ``weights`` (str): which encoder of the file, see
+              :func:`~rekd_mm.utils.checkpoint.resolve_encoder_mapping`:
+              ``'online'`` (``<prefix>backbone.*``, ``<prefix>neck.*``),
+              ``'momentum'`` (``<prefix>module.0.*``/``module.1.*``: MoCo
+              v2's and DenseCL's ``encoder_k.``, MoCo v3's
+              ``momentum_encoder.``, BYOL's ``target_net.``), ``'backbone'``
+              (a plain backbone state dict, no neck) or ``'auto'`` (the
+              default: the only online encoder, else the only momentum
+              encoder, else a plain backbone; ambiguous files are refused
+              and the choice is logged);
+            - ``prefix`` (str, optional): the part of the file's keys before
+              those, e.g. ``'teacher.'`` for the teacher of a ReKD
+              checkpoint. Defaults to None (found in the file; ``''`` for
+              ``'online'``);
+            - ``frozen`` (bool): no teacher loss and no teacher update.
+              Defaults to True. A frozen teacher must be loaded completely:
+              a weight that the file leaves at its random initialisation is
+              an error (an online teacher only warns).
+
+            Defaults to None (online teacher).
         relation_source (str): Where the student's extra positives come
             from: ``'miner'`` (the method) or ``'oracle_labels'``, same true
             class (an analysis upper bound that TRAINS WITH LABELS; never a
@@ -117,18 +163,26 @@ class ReKD(BaseSelfSupervisor):
                  teacher_momentum: Optional[float] = None,
                  loss_weights: Optional[dict] = None,
                  teacher_pretrained: Optional[dict] = None,
+                 teacher_feat_dim: Optional[int] = None,
+                 kd_projection: bool = False,
                  relation_source: str = 'miner',
                  relation_warmup_iters: int = 0,
                  data_preprocessor: Optional[dict] = None,
                  init_cfg: Optional[Union[List[dict], dict]] = None) -> None:
-        for name, cfg in (('neck', neck), ('teacher_neck', teacher_neck)):
-            out = cfg.get('out_channels') if isinstance(cfg, dict) else None
-            if out is not None and out != feat_dim:
-                raise ValueError(
-                    f'model.{name}.out_channels={out} differs from '
-                    f'model.feat_dim={feat_dim}: student and teacher keys '
-                    'share index-aligned queues and prototypes, so both '
-                    'necks must output feat_dim channels.')
+        teacher_dim = (
+            feat_dim if teacher_feat_dim is None else teacher_feat_dim)
+        for dim, name in ((feat_dim, 'feat_dim'), (teacher_dim,
+                                                   'teacher_feat_dim')):
+            if not isinstance(dim, int) or dim < 1:
+                raise ValueError(f'model.{name} must be a positive integer, '
+                                 f'got {dim!r}')
+        # How to name the teacher's dimension in messages.
+        teacher_dim_key = (
+            f'model.teacher_feat_dim={teacher_dim}' if teacher_feat_dim
+            is not None else f'model.feat_dim={feat_dim} (model.'
+            'teacher_feat_dim is None: the teacher shares feat_dim)')
+        self._check_neck_widths(neck, teacher_neck, feat_dim, teacher_dim,
+                                teacher_dim_key)
         super().__init__(
             backbone=backbone,
             neck=neck,
@@ -141,6 +195,12 @@ class ReKD(BaseSelfSupervisor):
                 neck=MODELS.build(teacher_neck)))
         self.teacher_head = MODELS.build(teacher_head)
         self._check_student_head(head)
+        self.feat_dim = feat_dim
+        self.teacher_feat_dim = teacher_dim
+        # Whether the teacher's dimension is feat_dim's (unset), and how to
+        # name it in messages.
+        self.teacher_dim_shared = teacher_feat_dim is None
+        self.teacher_dim_key = teacher_dim_key
 
         self.loss_weights = dict(teacher=1.0, relation=1.0, kd=0.0)
         unknown = set(loss_weights or {}) - set(self.loss_weights)
@@ -148,14 +208,29 @@ class ReKD(BaseSelfSupervisor):
             raise ValueError(f'model.loss_weights has unknown keys {unknown};'
                              f' valid keys are {sorted(self.loss_weights)}')
         self.loss_weights.update(loss_weights or {})
+        self.kd_projection = self._build_kd_projection(kd_projection)
 
         self.teacher_pretrained = None
         if teacher_pretrained is not None:
-            self.teacher_pretrained = dict(prefix='', frozen=True)
+            self.teacher_pretrained = dict(
+                prefix=None, weights='auto', frozen=True)
+            unknown = sorted(
+                set(teacher_pretrained) - set(self.teacher_pretrained) -
+                {'checkpoint'})
+            if unknown:
+                raise ValueError(
+                    f'model.teacher_pretrained has unknown keys {unknown}; '
+                    "valid keys are ['checkpoint', 'frozen', 'prefix', "
+                    "'weights']")
             self.teacher_pretrained.update(teacher_pretrained)
             if 'checkpoint' not in self.teacher_pretrained:
                 raise ValueError('model.teacher_pretrained needs a '
                                  "'checkpoint' (path to the teacher weights)")
+            if self.teacher_pretrained['weights'] not in ENCODER_WEIGHTS:
+                raise ValueError(
+                    'model.teacher_pretrained.weights must be one of '
+                    f'{ENCODER_WEIGHTS}, got '
+                    f'{self.teacher_pretrained["weights"]!r}')
         self.teacher_frozen = bool(self.teacher_pretrained
                                    and self.teacher_pretrained['frozen'])
 
@@ -205,17 +280,17 @@ class ReKD(BaseSelfSupervisor):
             raise TypeError(
                 f'model.miner has unknown keys {unknown}; valid keys are '
                 f'{sorted(bank_keys + self.MINER_OPTIONS)}')
-        self.miner = PrototypeBank(feat_dim=feat_dim, **miner)
+        # The bank lives in the teacher's (mining) space.
+        self.miner = PrototypeBank(feat_dim=self.teacher_feat_dim, **miner)
 
         if queue_len < 1:
             raise ValueError(f'model.queue_len must be >= 1, got {queue_len}')
         self.queue_len = queue_len
-        self.feat_dim = feat_dim
         self.register_buffer(
-            'queue', F.normalize(torch.randn(feat_dim, queue_len), dim=0))
+            'queue', F.normalize(torch.randn(self.feat_dim, queue_len), dim=0))
         self.register_buffer(
             'teacher_queue',
-            F.normalize(torch.randn(feat_dim, queue_len), dim=0))
+            F.normalize(torch.randn(self.teacher_feat_dim, queue_len), dim=0))
         self.register_buffer('queue_ptr', torch.zeros(1, dtype=torch.long))
         # Slots written so far (saturates at L): k-means on the queue must
         # only see real keys, never the random initial ones.
@@ -234,28 +309,103 @@ class ReKD(BaseSelfSupervisor):
             # Index-aligned mining-space copy of the teacher queue: each key
             # centred on the mean of its own global batch, re-normalised.
             self.register_buffer('mining_queue',
-                                 torch.zeros(feat_dim, queue_len))
+                                 torch.zeros(self.teacher_feat_dim, queue_len))
+
+    @staticmethod
+    def _check_neck_widths(neck: dict, teacher_neck: dict, feat_dim: int,
+                           teacher_dim: int, teacher_dim_key: str) -> None:
+        """Refuse, at build time, a neck whose ``out_channels`` is not its
+        side's dimension (naming the key to change)."""
+        for name, cfg, dim, dim_key in (('neck', neck, feat_dim,
+                                         f'model.feat_dim={feat_dim}'),
+                                        ('teacher_neck', teacher_neck,
+                                         teacher_dim, teacher_dim_key)):
+            out = cfg.get('out_channels') if isinstance(cfg, dict) else None
+            if out is None or out == dim:
+                continue
+            if name == 'neck':
+                why = ('the student keys fill the student queue (feat_dim x '
+                       'queue_len): set model.feat_dim or the neck width.')
+            else:
+                why = ('the teacher keys fill the teacher queue and the '
+                       'prototype bank (teacher_feat_dim x ...): set '
+                       f'model.teacher_feat_dim={out} to give the teacher '
+                       'its own dimension, or change the neck width.')
+            raise ValueError(f'model.{name}.out_channels={out} differs from '
+                             f'{dim_key}: {why}')
+
+    def _build_kd_projection(self, enabled: bool) -> Optional[nn.Module]:
+        """The student's learnt map into the teacher's dimension for the
+        response distillation, or None; refuses a distillation between
+        dimensions that differ."""
+        kd = self.loss_weights['kd']
+        if not isinstance(enabled, bool):
+            raise TypeError('model.kd_projection must be True or False, got '
+                            f'{enabled!r}')
+        if enabled and not kd > 0:
+            # An unused projection would hold parameters without gradient
+            # (an error under DDP) and train nothing.
+            raise ValueError(
+                'model.kd_projection=True maps the student query for the '
+                f'response distillation, but model.loss_weights.kd={kd}: set '
+                'loss_weights.kd > 0 or kd_projection=False.')
+        if enabled:
+            return nn.Linear(self.feat_dim, self.teacher_feat_dim)
+        if kd > 0 and self.feat_dim != self.teacher_feat_dim:
+            raise ValueError(
+                f'model.loss_weights.kd={kd} compares the student query '
+                f'(model.feat_dim={self.feat_dim}) with the teacher query '
+                f'({self.teacher_dim_key}), which needs equal dimensions: '
+                'set model.kd_projection=True (a learnt linear map of the '
+                "student query into the teacher's dimension, trained by "
+                'loss_kd), make the two dimensions equal, or set '
+                'model.loss_weights.kd=0.')
+        return None
 
     def init_weights(self) -> None:
         """Initialise weights, then load the offline teacher if configured."""
         super().init_weights()
         if self.teacher_pretrained is not None:
             self.load_teacher(self.teacher_pretrained['checkpoint'],
-                              self.teacher_pretrained['prefix'])
+                              self.teacher_pretrained['prefix'],
+                              self.teacher_pretrained['weights'])
 
-    def load_teacher(self, checkpoint: str, prefix: str = '') -> None:
+    def load_teacher(self,
+                     checkpoint: str,
+                     prefix: Optional[str] = None,
+                     weights: str = 'auto') -> None:
         """Load teacher backbone and neck weights (``weights_only=True``).
 
+        A frozen teacher must come out of the file complete: a weight left
+        at its random initialisation is an error naming the file and the
+        keys. An online teacher trains anyway, so it only warns.
+
         Args:
-            checkpoint (str): Path to an mmpretrain checkpoint or a plain
-                state dict.
-            prefix (str): Prefix before ``backbone.``/``neck.`` in the file.
-                Defaults to ''.
+            checkpoint (str): Path to a checkpoint or a plain state dict.
+            prefix (str, optional): The part of the file's keys before the
+                encoder's (see ``teacher_pretrained``). Defaults to None.
+            weights (str): ``'auto'``, ``'online'``, ``'momentum'`` or
+                ``'backbone'`` (see ``teacher_pretrained``). Defaults to
+                ``'auto'``.
         """
-        # Missing keys only warn (e.g. a file with the backbone but no
-        # neck); a file that matches nothing or a mis-shaped key is an error.
-        load_prefixed_weights(
-            self.teacher, checkpoint, prefix, strict=False, what='teacher')
+        # A file that matches nothing, an ambiguous file or a mis-shaped key
+        # is always an error.
+        load_encoder_weights(
+            self.teacher,
+            checkpoint,
+            weights=weights,
+            prefix=prefix,
+            strict=self.teacher_frozen,
+            what='teacher',
+            cfg_key='model.teacher_pretrained',
+            missing_hint=(
+                'A frozen teacher never trains them, so it would mine with a '
+                'partly random network. Set model.teacher_neck (and '
+                "model.teacher_backbone) to the checkpoint's architecture, or "
+                'set model.teacher_pretrained.frozen=False to train the '
+                'teacher online from these weights.' if self.teacher_frozen
+                else 'The online teacher trains them from their '
+                'initialisation.'))
         if self.teacher_encoder_k is not None:
             # Restart the teacher EMA from the loaded weights, now: it was
             # copied from the teacher in __init__, before this load, and
@@ -267,8 +417,8 @@ class ReKD(BaseSelfSupervisor):
                               self.teacher.neck).state_dict())
             ema.steps.zero_()
         MMLogger.get_current_instance().info(
-            f'Loaded the teacher from {checkpoint} (prefix {prefix!r}, '
-            f'frozen={self.teacher_frozen})')
+            f'The teacher loaded from {checkpoint} is '
+            f"{'frozen' if self.teacher_frozen else 'trained online'}.")
 
     def train(self, mode: bool = True) -> 'ReKD':
         """Set train mode, keeping a frozen teacher in eval mode."""
@@ -351,7 +501,32 @@ class ReKD(BaseSelfSupervisor):
         if self.teacher_encoder_k is not None and bool(
                 self.teacher_encoder_k.steps > 0):
             encoder = self.teacher_encoder_k
-        return F.normalize(encoder(inputs)[0].float(), dim=1)
+        embedding = self._check_embedding(encoder(inputs)[0], teacher=True)
+        return F.normalize(embedding.float(), dim=1)
+
+    def _check_embedding(self, embedding: torch.Tensor,
+                         teacher: bool) -> torch.Tensor:
+        """Return ``embedding`` if it is ``(N, D)`` (student) or ``(N, D_t)``
+        (teacher), else raise naming the neck and the dimension key.
+
+        Necks without ``out_channels`` (e.g. ``GlobalAveragePooling``)
+        escape the build-time check; a wrong width would otherwise fail
+        deep inside a queue write. Shapes are known on the host: no
+        synchronisation.
+        """
+        if teacher:
+            dim, key, neck = (self.teacher_feat_dim, self.teacher_dim_key,
+                              'model.teacher_neck')
+        else:
+            dim, key, neck = (self.feat_dim, f'model.feat_dim={self.feat_dim}',
+                              'model.neck')
+        if embedding.dim() != 2 or embedding.shape[1] != dim:
+            raise ValueError(
+                f'{neck} gives embeddings of shape {tuple(embedding.shape)} '
+                f'(its first output), but {key} expects (N, {dim}): set the '
+                'dimension to the neck\'s output width, or use a neck that '
+                'pools to one vector per image.')
+        return embedding
 
     def mining_space(self,
                      keys: torch.Tensor,
@@ -365,12 +540,12 @@ class ReKD(BaseSelfSupervisor):
         otherwise decide every assignment (see docs/method.md).
 
         Args:
-            keys (Tensor): ``(N, D)`` unit teacher keys.
-            center (Tensor, optional): ``(D,)`` centre; defaults to the mean
-                of ``keys``.
+            keys (Tensor): ``(N, D_t)`` unit teacher keys.
+            center (Tensor, optional): ``(D_t,)`` centre; defaults to the
+                mean of ``keys``.
 
         Returns:
-            Tensor: ``(N, D)`` float unit vectors.
+            Tensor: ``(N, D_t)`` float unit vectors.
         """
         keys = keys.float()
         if self.mining_center is None:
@@ -380,7 +555,7 @@ class ReKD(BaseSelfSupervisor):
         return F.normalize(keys - center, dim=1)
 
     def _mining_queue(self) -> torch.Tensor:
-        """The ``(D, L)`` teacher queue in mining space."""
+        """The ``(D_t, L)`` teacher queue in mining space."""
         return (self.teacher_queue
                 if self.mining_center is None else self.mining_queue)
 
@@ -426,15 +601,18 @@ class ReKD(BaseSelfSupervisor):
         that the queues and the bank need.
 
         Returns:
-            Tuple[Tensor]: This rank's student and teacher keys ``(B, D)``,
-            then the global batch's ``(W * B, D)``, all float32, unit norm.
+            Tuple[Tensor]: This rank's student keys ``(B, D)`` and teacher
+            keys ``(B, D_t)``, then the global batch's (``W * B`` rows), all
+            float32, unit norm.
         """
         perm = self.shuffle_permutation(im_k.shape[0])
         im_k = gather_shuffled(im_k, perm)
-        k_s = F.normalize(self.encoder_k(im_k)[0].float(), dim=1)
+        k_s = self._check_embedding(self.encoder_k(im_k)[0], teacher=False)
+        k_s = F.normalize(k_s.float(), dim=1)
         teacher = self.teacher_encoder_k or nn.Sequential(
             self.teacher.backbone, self.teacher.neck)
-        k_t = F.normalize(teacher(im_k)[0].float(), dim=1)
+        k_t = self._check_embedding(teacher(im_k)[0], teacher=True)
+        k_t = F.normalize(k_t.float(), dim=1)
         (k_s, k_t), (all_k_s, all_k_t) = gather_unshuffled([k_s, k_t], perm)
         return k_s, k_t, all_k_s, all_k_t
 
@@ -578,7 +756,7 @@ class ReKD(BaseSelfSupervisor):
         positives most similar to the anchor in the mining space are kept.
 
         Args:
-            teacher_keys (Tensor): ``(N, D)`` unit teacher keys (anchors).
+            teacher_keys (Tensor): ``(N, D_t)`` unit teacher keys (anchors).
             center (Tensor, optional): See :meth:`mining_space`.
             labels (Tensor, optional): ``(N,)`` true labels of the anchors
                 (-1 unknown); required by the oracle only.
@@ -654,7 +832,7 @@ class ReKD(BaseSelfSupervisor):
         """Update step on one global batch, identical on every rank.
 
         Args:
-            mining_keys (Tensor): ``(B, D)`` all-gathered teacher keys in
+            mining_keys (Tensor): ``(B, D_t)`` all-gathered teacher keys in
                 mining space.
             bank_ready (bool, optional): See :meth:`mine_relations`.
 
@@ -676,7 +854,7 @@ class ReKD(BaseSelfSupervisor):
         return self.miner.assign(mining_keys)[0]
 
     def filled_mining_keys(self) -> torch.Tensor:
-        """The ``(queue_count, D)`` teacher keys written so far, in mining
+        """The ``(queue_count, D_t)`` teacher keys written so far, in mining
         space (what the bank is clustered from)."""
         return self._mining_queue()[:, :int(self.queue_count)].t()
 
@@ -742,7 +920,12 @@ class ReKD(BaseSelfSupervisor):
             if q_t is None:
                 with torch.no_grad():
                     q_t = F.normalize(teacher(im_q)[0], dim=1)
-            cos = (q_s * q_t.detach()).sum(1)
+            q_kd = q_s
+            if self.kd_projection is not None:
+                # The student's own map into the teacher's dimension; only
+                # loss_kd trains it.
+                q_kd = F.normalize(self.kd_projection(q_s), dim=1)
+            cos = (q_kd * q_t.detach()).sum(1)
             losses['loss_kd'] = self.loss_weights['kd'] * (2 - 2 * cos).mean()
 
         losses.update(self._relation_stats(pos_mask, anchor_assign, labels))

@@ -12,6 +12,11 @@ from .spherical_kmeans import (assign_to_centroids, segment_sum,
 class PrototypeBank(nn.Module):
     """The relation miner's prototype bank in the teacher's embedding space.
 
+    Its dimension is the teacher's (ReKD's ``teacher_feat_dim``), which may
+    differ from the student's: the bank only ever sees teacher keys, and a
+    key of another width is refused with the dimension named, never
+    broadcast or truncated.
+
     All state is kept in buffers (``prototypes``, ``initialized`` and
     ``last_cluster_iter``) so that checkpoints and ``--resume`` restore it and
     a restored bank is never initialised again.
@@ -41,7 +46,8 @@ class PrototypeBank(nn.Module):
 
     Args:
         num_prototypes (int): Number of prototypes K.
-        feat_dim (int): Embedding dimension D. Defaults to 128.
+        feat_dim (int): Embedding dimension D_t of the teacher's (mining)
+            space; ReKD passes ``model.teacher_feat_dim``. Defaults to 128.
         threshold (float): Assignment threshold Θ in [-1, 1].
             Defaults to 0.5.
         momentum (float): Base momentum m0 in [0, 1). Defaults to 0.99.
@@ -89,6 +95,17 @@ class PrototypeBank(nn.Module):
             torch.zeros((), dtype=torch.long),
             persistent=False)
 
+    def _check_dim(self, embeddings: torch.Tensor, where: str) -> None:
+        """Refuse embeddings that are not ``(N, feat_dim)`` (a host-side
+        shape check: no synchronisation)."""
+        if embeddings.dim() != 2 or embeddings.shape[1] != self.feat_dim:
+            raise ValueError(
+                f'PrototypeBank.{where}: got embeddings of shape '
+                f'{tuple(embeddings.shape)}, but the bank holds '
+                f'{self.feat_dim}-d prototypes (the teacher\'s dimension, '
+                'model.teacher_feat_dim): the embeddings must be teacher '
+                'keys of that width.')
+
     @property
     def is_initialized(self) -> bool:
         """bool: Whether the bank holds clustered prototypes."""
@@ -100,12 +117,13 @@ class PrototypeBank(nn.Module):
         """Connection step: map embeddings to prototypes, or -1.
 
         Args:
-            embeddings (Tensor): ``(N, D)`` L2-normalised embeddings.
+            embeddings (Tensor): ``(N, D_t)`` L2-normalised embeddings.
 
         Returns:
             Tuple[Tensor, Tensor]: The assignment ``(N,)`` (long, -1 when the
             best similarity is below Θ) and the best similarity ``(N,)``.
         """
+        self._check_dim(embeddings, 'assign')
         idx, sim = assign_to_centroids(embeddings.float(), self.prototypes)
         idx = torch.where(sim >= self.threshold, idx, torch.full_like(idx, -1))
         return idx, sim
@@ -128,10 +146,12 @@ class PrototypeBank(nn.Module):
         counted in ``nonfinite_updates``; ``ReKD`` raises at its next step.
 
         Args:
-            embeddings (Tensor): ``(N, D)`` anchors, identical on all ranks.
+            embeddings (Tensor): ``(N, D_t)`` anchors, identical on all
+                ranks.
             assignment (Tensor): ``(N,)`` from :meth:`assign`.
             similarity (Tensor): ``(N,)`` from :meth:`assign`.
         """
+        self._check_dim(embeddings, 'update')
         num_k = self.num_prototypes
         emb = embeddings.float()
         finite = torch.isfinite(emb).all()
@@ -164,8 +184,8 @@ class PrototypeBank(nn.Module):
         """Cluster embeddings with spherical k-means and load the centroids.
 
         Args:
-            embeddings (Tensor): ``(N_local, D)`` teacher embeddings; a shard
-                per rank when ``distributed`` is True.
+            embeddings (Tensor): ``(N_local, D_t)`` teacher embeddings; a
+                shard per rank when ``distributed`` is True.
             current_iter (int): The training iteration, recorded in
                 ``last_cluster_iter``. Defaults to 0.
             distributed (bool): See :func:`spherical_kmeans`.
@@ -174,6 +194,7 @@ class PrototypeBank(nn.Module):
         Returns:
             dict: The k-means information.
         """
+        self._check_dim(embeddings, 'initialize')
         centroids, info = spherical_kmeans(
             embeddings.to(self.prototypes.device),
             self.num_prototypes,

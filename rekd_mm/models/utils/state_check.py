@@ -1,9 +1,11 @@
 # Copyright (c) rekd_mm contributors. All rights reserved.
 """Checks of ReKD's checkpointed state against the built model.
 
-A checkpoint's ReKD state (the prototype bank ``miner.*`` K x D, the
-index-aligned queues D x L with their pointer, fill count, labels and cached
-assignments, the mining-space queue of ``miner.center='batch'``) only means
+A checkpoint's ReKD state (the prototype bank ``miner.*`` K x D_t, the
+index-aligned queues, the student's D x L and the teacher's D_t x L, with
+their pointer, fill count, labels and cached assignments, the mining-space
+queue D_t x L of ``miner.center='batch'``; D is ``model.feat_dim``, D_t
+``model.teacher_feat_dim``, equal to D when unset) only means
 something for the config it was trained with. mmengine's non-strict load
 merely prints "size mismatch" and keeps the model's fresh buffers next to a
 restored ``initialized`` flag or ``queue_count``: a bank of zeros flagged as
@@ -91,8 +93,16 @@ def _dims(model) -> dict:
     return dict(
         K=model.miner.num_prototypes,
         D=model.feat_dim,
+        Dt=getattr(model, 'teacher_feat_dim', model.feat_dim),
         L=model.queue_len,
         center=getattr(model, 'mining_center', None))
+
+
+def _teacher_dim_key(model) -> str:
+    """The config key that sets the teacher's dimension D_t."""
+    if not getattr(model, 'teacher_dim_shared', True):
+        return 'model.teacher_feat_dim'
+    return 'model.teacher_feat_dim (unset, so model.feat_dim)'
 
 
 def _fmt(source: Optional[str]) -> str:
@@ -110,15 +120,17 @@ def _bank_problems(state: dict, prefix: str, model, source: str) -> List[str]:
         return [
             f'miner.prototypes: {source} has shape '
             f'{tuple(protos.shape)}, the model ({dims["K"]}, '
-            f'{dims["D"]})'
+            f'{dims["Dt"]})'
         ]
     if protos.shape[0] != dims['K']:
         problems.append(
             f'model.miner.num_prototypes: {source} has {protos.shape[0]}, '
             f'the config {dims["K"]}')
-    if protos.shape[1] != dims['D']:
-        problems.append(f'model.feat_dim: {source} has {protos.shape[1]}, '
-                        f'the config {dims["D"]}')
+    if protos.shape[1] != dims['Dt']:
+        # The bank lives in the teacher's space.
+        problems.append(
+            f'{_teacher_dim_key(model)}: {source} has {protos.shape[1]} '
+            f'(the prototypes\' width), the config {dims["Dt"]}')
     flag = state.get(prefix + 'miner.initialized')
     if not problems and flag is not None and bool(flag):
         bad = bad_prototypes(protos.float())
@@ -136,16 +148,28 @@ def _queue_problems(state: dict, prefix: str, model, source: str) -> List[str]:
     dims = _dims(model)
     problems = []
     queue = state[prefix + 'queue']
-    if queue.dim() == 2:
+    teacher_queue = state[prefix + 'teacher_queue']
+    if queue.dim() == 2 and teacher_queue.dim() == 2:
         if queue.shape[0] != dims['D']:
-            problems.append(f'model.feat_dim: {source} has queues of '
-                            f'{queue.shape[0]}-d keys, the config '
-                            f'{dims["D"]}')
+            problems.append(f'model.feat_dim: {source} has '
+                            f'{queue.shape[0]} (the student queue\'s keys), '
+                            f'the config {dims["D"]}')
+        if teacher_queue.shape[0] != dims['Dt']:
+            problems.append(f'{_teacher_dim_key(model)}: {source} has '
+                            f'{teacher_queue.shape[0]} (the teacher queue\'s '
+                            f'keys), the config {dims["Dt"]}')
         if queue.shape[1] != dims['L']:
             problems.append(f'model.queue_len: {source} has '
                             f'{queue.shape[1]}, the config {dims["L"]}')
+        elif teacher_queue.shape[1] != queue.shape[1]:
+            problems.append(
+                f'teacher_queue: {source} has {teacher_queue.shape[1]} '
+                f'slots but its student queue {queue.shape[1]}: the queues '
+                'are not index-aligned (a damaged checkpoint)')
     else:
-        problems.append(f'queue: {source} has shape {tuple(queue.shape)}')
+        problems.append(f'queue / teacher_queue: {source} has shapes '
+                        f'{tuple(queue.shape)} / '
+                        f'{tuple(teacher_queue.shape)}')
     file_center = 'batch' if prefix + 'mining_queue' in state else None
     if file_center != dims['center']:
         problems.append(

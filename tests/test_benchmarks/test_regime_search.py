@@ -1,0 +1,115 @@
+# Copyright (c) rekd_mm contributors. All rights reserved.
+"""benchmarks/regime_search.py end to end with tiny settings (2 iterations,
+kNN on 100 + 50 Fashion-MNIST images): curves from the initialisation on,
+results written after the arm, a search with other settings refused."""
+import importlib.util
+import json
+import os
+import os.path as osp
+import subprocess
+import sys
+
+import pytest
+
+from tests.toy_configs import FASHION_MNIST_ROOT, REPO_ROOT
+
+SCRIPT = osp.join(REPO_ROOT, 'benchmarks', 'regime_search.py')
+TINY = [
+    'model.queue_len=256', 'train_dataloader.batch_size=16',
+    'train_dataloader.num_workers=0',
+    'train_dataloader.persistent_workers=False',
+    'knn_train_dataloader.num_workers=0', 'knn_val_dataloader.num_workers=0',
+    'default_hooks.logger.interval=1'
+]
+
+
+@pytest.fixture(scope='module')
+def search():
+    spec = importlib.util.spec_from_file_location('bench_regime', SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _run(args):
+    return subprocess.run([sys.executable, SCRIPT, *args],
+                          cwd=REPO_ROOT,
+                          env=dict(os.environ, OMP_NUM_THREADS='1'),
+                          capture_output=True,
+                          text=True,
+                          timeout=600)
+
+
+def test__curves_start_at_the_initialisation_and_are_written(tmp_path):
+    assert osp.isdir(FASHION_MNIST_ROOT), 'run tools/setup_env.sh first'
+    out = tmp_path / 'search.json'
+    common = [
+        '--dataset', 'fashion-mnist', '--iters', '2', '--knn-interval', '1',
+        '--knn-max-train', '100', '--knn-max-val', '50', '--knn-k', '10',
+        '--work-root',
+        str(tmp_path / 'work'), '--out',
+        str(out)
+    ]
+    proc = _run(common +
+                ['--arm', 'lr0.01', 'optim_wrapper.optimizer.lr=0.01', *TINY])
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    results = json.loads(out.read_text())
+    arm = results['arms']['lr0.01']
+    steps = [step for step, _ in arm['curves']['knn/student_top1']]
+    assert steps == [0, 1, 2]
+    assert all(0 <= v <= 100 for _, v in arm['curves']['knn/student_top1'])
+    assert [i for i, _ in arm['curves']['loss']] == [1, 2]
+    assert arm['options'][0] == 'optim_wrapper.optimizer.lr=0.01'
+    # The override reached the run: its config says so.
+    dumped = next((tmp_path / 'work' / 'fashion-mnist' /
+                   'lr0.01').glob('*/vis_data/config.py'))
+    assert 'lr=0.01' in dumped.read_text()
+    md = (tmp_path / 'search.md').read_text()
+    assert '| lr0.01 |' in md and 'kNN@0' in md and 'kNN@2' in md
+    assert (tmp_path / 'search.png').stat().st_size > 0
+
+    # Other settings into the same file: refused before training.
+    proc = _run([a if a != '2' else '3'
+                 for a in common[:4]] + common[4:] + ['--arm', 'other', *TINY])
+    assert proc.returncode != 0 and 'other settings' in proc.stderr
+    assert not (tmp_path / 'work' / 'fashion-mnist' / 'other').exists()
+    assert list(json.loads(out.read_text())['arms']) == ['lr0.01']
+
+
+def test__arm_names_and_overrides_are_checked(search):
+    with pytest.raises(SystemExit):
+        search.parse_args(
+            ['--dataset', 'cifar10', '--out', 'x.json', '--arm', 'a', 'b'])
+    with pytest.raises(SystemExit):
+        search.parse_args([
+            '--dataset', 'cifar10', '--out', 'x.json', '--arm', 'a', '--arm',
+            'a'
+        ])
+    args = search.parse_args(
+        ['--dataset', 'cifar10', '--out', 'x.json', '--arm', 'base'])
+    assert args.config.endswith(
+        'mocov2_mobilenet-v2-cifar_1xb64-2ki_cifar10.py')
+
+
+def test__curves_are_read_from_monitor_and_logger_entries(search):
+    entries = [
+        {
+            'knn/student_top1': 20.0,
+            'step': 0
+        },
+        {
+            'loss': 8.0,
+            'iter': 1,
+            'lr': 0.1,
+            'step': 1
+        },
+        {
+            'knn/student_top1': 30.0,
+            'knn/teacher_top1': 40.0,
+            'step': 2
+        },
+    ]
+    curves = search.arm_curves(entries)
+    assert curves['knn/student_top1'] == [[0, 20.0], [2, 30.0]]
+    assert curves['knn/teacher_top1'] == [[2, 40.0]]
+    assert curves['loss'] == [[1, 8.0]]
