@@ -284,7 +284,7 @@ def build_inputs(cfg, args: argparse.Namespace,
 def build_model(cfg, variant: str) -> nn.Module:
     """The ReKD model of the config, or a MoCo v2 with its student or its
     teacher (mmpretrain's ``MoCo``, same neck, queue, momentum and
-    temperature)."""
+    temperature; the teacher's queue in its own ``teacher_feat_dim``)."""
     from mmpretrain.registry import MODELS
     model_cfg = copy.deepcopy(cfg.model)
     model_cfg.pop('teacher_pretrained', None)  # time the online teacher
@@ -294,6 +294,9 @@ def build_model(cfg, variant: str) -> nn.Module:
     momentum = model_cfg.get('momentum', 0.001)
     if not student and model_cfg.get('teacher_momentum') is not None:
         momentum = model_cfg.teacher_momentum
+    feat_dim = model_cfg.get('feat_dim', 128)
+    if not student:
+        feat_dim = model_cfg.get('teacher_feat_dim') or feat_dim
     head = copy.deepcopy(model_cfg.teacher_head)
     if student:
         head['temperature'] = model_cfg.head.get('temperature',
@@ -306,7 +309,7 @@ def build_model(cfg, variant: str) -> nn.Module:
             neck=model_cfg.neck if student else model_cfg.teacher_neck,
             head=head,
             queue_len=model_cfg.get('queue_len', 65536),
-            feat_dim=model_cfg.get('feat_dim', 128),
+            feat_dim=feat_dim,
             momentum=momentum,
             data_preprocessor=model_cfg.get('data_preprocessor')))
 

@@ -377,8 +377,8 @@ def run_miner_only(cfg, args: argparse.Namespace) -> Dict:
                          f'{model.queue_len}')
     gen = torch.Generator().manual_seed(args.seed)
 
-    def keys():
-        keys = torch.randn(batch, model.feat_dim, generator=gen)
+    def keys(dim):
+        keys = torch.randn(batch, dim, generator=gen)
         return F.normalize(keys, dim=1).to(device)
 
     labels = torch.randint(1000, (batch, ), generator=gen).to(device)
@@ -398,8 +398,10 @@ def run_miner_only(cfg, args: argparse.Namespace) -> Dict:
         return loss
 
     for _ in range(args.warmup + args.iters):
-        k_t, k_s = keys(), keys()
-        q_s = keys().requires_grad_()
+        # Teacher keys in the teacher's dimension (queue, bank), student
+        # keys and queries in the student's.
+        k_t, k_s = keys(model.teacher_feat_dim), keys(model.feat_dim)
+        q_s = keys(model.feat_dim).requires_grad_()
         queue = timed('queue_read', lambda: model.queue.clone().detach())
         with torch.no_grad():
 

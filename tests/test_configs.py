@@ -2,15 +2,18 @@
 """Every config in configs/ loads, builds, and keeps its promises.
 
 A config whose student does not feed its neck (wrong ``in_channels``), whose
-neck does not output ``feat_dim``, or whose MoCo v2 baseline drifted from
-the ReKD run it is compared with would only fail hours into a run.
+neck does not output ``feat_dim`` (the teacher's: ``teacher_feat_dim``, else
+``feat_dim``), or whose MoCo v2 baseline drifted from the ReKD run it is
+compared with would only fail hours into a run.
 """
 import glob
 import os.path as osp
 import re
 
+import mmpretrain
 import pytest
 import torch
+import yaml
 from mmengine.config import Config
 from mmengine.registry import FUNCTIONS
 from mmpretrain.models import MoCo
@@ -66,15 +69,20 @@ def test_config_builds_and_student_feeds_feat_dim(name):
     assert name.startswith('rekd_') == isinstance(model, ReKD)
 
     # The student sits at backbone/neck (so linear-probe and mmdet configs
-    # load it with prefix='backbone.'), and its neck outputs feat_dim.
+    # load it with prefix='backbone.'), and its neck outputs feat_dim; the
+    # teacher's neck outputs the teacher's own dimension (teacher_feat_dim,
+    # unset = feat_dim), the one of its queue.
     feat_dim = cfg.model.feat_dim
+    teacher_dim = cfg.model.get('teacher_feat_dim') or feat_dim
     images = torch.rand(2, 3, 32, 32)
     with torch.no_grad():
         out = model.neck(model.backbone(images))[0]
         assert out.shape == (2, feat_dim)
         if isinstance(model, ReKD):
             out_t = model.teacher.neck(model.teacher.backbone(images))[0]
-            assert out_t.shape == (2, feat_dim)
+            assert out_t.shape == (2, teacher_dim)
+            assert model.teacher_queue.shape == (teacher_dim,
+                                                 cfg.model.queue_len)
     assert model.queue.shape == (feat_dim, cfg.model.queue_len)
 
     # The collate_fn config, `_scope_` of `mmpretrain::` bases included, is
@@ -113,18 +121,25 @@ def test_name_matches_batch_size(name):
 
 @pytest.mark.parametrize('name', [n for n in NAMES if n.startswith('mocov2_')])
 def test_mocov2_baseline_matches_its_rekd_run(name):
-    """The benchmark compares each baseline with the ReKD run of the same
-    student: everything but the teacher and the miner must be equal."""
+    """The benchmark compares each baseline with the ReKD runs of the same
+    student and recipe (one per teacher, online or offline): everything but
+    the teacher and the miner must be equal."""
     student, rest = re.match(r'^mocov2_([a-z0-9-]+?)_(.+)$', name).groups()
-    partners = glob.glob(osp.join(CONFIG_DIR, f'rekd_{student}-t-*_{rest}'))
-    assert len(partners) == 1, f'no ReKD config matches {name}'
-    moco, rekd = _load(name), _load(osp.basename(partners[0]))
-    for key in ('backbone', 'neck', 'queue_len', 'feat_dim', 'momentum'):
-        assert _strip_scope(moco.model[key]) == _strip_scope(rekd.model[key])
-    assert moco.model.head.temperature == rekd.model.head.temperature
-    for key in ('data_preprocessor', 'train_dataloader', 'optim_wrapper',
-                'param_scheduler', 'train_cfg', 'randomness', 'auto_scale_lr'):
-        assert _strip_scope(moco.get(key)) == _strip_scope(rekd.get(key)), key
+    partners = sorted(
+        glob.glob(osp.join(CONFIG_DIR, f'rekd_{student}-t-*_{rest}')))
+    assert partners, f'no ReKD config matches {name}'
+    moco = _load(name)
+    for partner in partners:
+        rekd = _load(osp.basename(partner))
+        for key in ('backbone', 'neck', 'queue_len', 'feat_dim', 'momentum'):
+            assert _strip_scope(moco.model[key]) == \
+                _strip_scope(rekd.model[key]), (partner, key)
+        assert moco.model.head.temperature == rekd.model.head.temperature
+        for key in ('data_preprocessor', 'train_dataloader', 'optim_wrapper',
+                    'param_scheduler', 'train_cfg', 'randomness',
+                    'auto_scale_lr'):
+            assert _strip_scope(moco.get(key)) == \
+                _strip_scope(rekd.get(key)), (partner, key)
 
 
 def test_cifar10_demo_keeps_the_fashion_mnist_demo_model():
@@ -155,3 +170,35 @@ def test_imagenet_recipe_is_mocov2():
     assert cfg.model.teacher_backbone.depth == 50
     assert cfg.model.backbone.type == 'MobileNetV2'
     assert cfg.default_hooks.checkpoint.max_keep_ckpts == 3
+
+
+def test_byol_teacher_config_is_mmpretrains_byol_encoder():
+    """The offline BYOL teacher is BYOL's own encoder and checkpoint, so that
+    the frozen teacher loads completely (a missing key stops the run)."""
+    cfg = _load('rekd_mobilenet-v2-t-byol-resnet50_8xb32-coslr-200e_in1k.py')
+    byol_name = 'byol_resnet50_16xb256-coslr-200e_in1k'
+    byol_dir = osp.join(
+        osp.dirname(mmpretrain.__file__), '.mim', 'configs', 'byol')
+    byol = Config.fromfile(osp.join(byol_dir, f'{byol_name}.py'))
+    assert _strip_scope(cfg.model.teacher_neck) == _strip_scope(
+        byol.model.neck)
+    # Same architecture; only the norm type differs (SyncBN and BN have the
+    # same keys, and a frozen teacher only reads running statistics).
+    teacher_backbone = _strip_scope(cfg.model.teacher_backbone)
+    byol_backbone = _strip_scope(byol.model.backbone)
+    assert teacher_backbone.pop('norm_cfg') == dict(type='BN')
+    assert byol_backbone.pop('norm_cfg') == dict(type='SyncBN')
+    assert teacher_backbone == byol_backbone
+    assert cfg.model.teacher_feat_dim == byol.model.neck.out_channels
+    assert cfg.model.feat_dim == 128
+
+    # The checkpoint is the one mmpretrain's model zoo lists for BYOL.
+    with open(osp.join(byol_dir, 'metafile.yml')) as f:
+        zoo = {m['Name']: m for m in yaml.safe_load(f)['Models']}
+    pretrained = cfg.model.teacher_pretrained
+    assert pretrained.checkpoint == zoo[byol_name]['Weights']
+    assert pretrained.weights == 'auto' and pretrained.frozen is True
+
+    model = MODELS.build(cfg.model)
+    assert model.teacher_frozen and model.teacher_encoder_k is None
+    assert model.miner.prototypes.shape[1] == 256

@@ -24,8 +24,10 @@ import torch.distributed as torch_dist
 from mmengine.config import Config
 from mmengine.logging import print_log
 from mmengine.model import MMDistributedDataParallel, revert_sync_batchnorm
+from mmengine.model.utils import _BatchNormXd
 from mmengine.registry import MODEL_WRAPPERS
 from mmpretrain.registry import MODEL_WRAPPERS as MMPRETRAIN_MODEL_WRAPPERS
+from mmpretrain.registry import MODELS as MMPRETRAIN_MODELS
 from torch.nn.parallel import DistributedDataParallel
 
 __all__ = [
@@ -35,10 +37,29 @@ __all__ = [
 
 # Norm layer types that only run on GPUs (torch's and mmcv's SyncBN).
 SYNC_BN_TYPES = ('SyncBN', 'MMSyncBN')
+# Arguments that only the synchronised layers take.
+SYNC_BN_ONLY_ARGS = ('process_group', 'group', 'stats_mode')
+
+# What a SyncBN config becomes without CUDA: mmengine's ``_BatchNormXd``, the
+# layer its ``revert_sync_batchnorm`` turns SyncBN modules into. Like SyncBN
+# it accepts any input dimension, e.g. the (N, C) features of mmpretrain's
+# ``NonLinearNeck`` (MoCo v3, SimCLR, BYOL), which the registered 'BN'
+# (``nn.BatchNorm2d``) refuses. mmengine registers no config type for it, and
+# has no config-level counterpart of ``revert_sync_batchnorm``, hence this
+# type and :func:`revert_sync_bn_cfg`. Scoped, so that it builds whatever the
+# default scope (none, mmpretrain or mmdet).
+MMPRETRAIN_MODELS.register_module('BNXd', module=_BatchNormXd)
+CPU_BN_TYPE = 'mmpretrain.BNXd'
 
 
 def revert_sync_bn_cfg(node: Any) -> int:
-    """Replace SyncBN norm configs by BN, in place.
+    """Replace SyncBN norm configs by a BN that runs on CPU, in place.
+
+    The new type, ``'mmpretrain.BNXd'``, builds mmengine's ``_BatchNormXd``:
+    batch normalisation over every dimension but the channels, for inputs of
+    any dimension (as SyncBN), with the same parameters, buffers and state
+    dict keys. Arguments that only synchronised layers take
+    (``process_group``, ``group``, ``stats_mode``) are dropped.
 
     Args:
         node (Any): A config node (dict, list or leaf), e.g. ``cfg.model``.
@@ -49,7 +70,9 @@ def revert_sync_bn_cfg(node: Any) -> int:
     changed = 0
     if isinstance(node, dict):
         if node.get('type') in SYNC_BN_TYPES:
-            node['type'] = 'BN'
+            node['type'] = CPU_BN_TYPE
+            for key in SYNC_BN_ONLY_ARGS:
+                node.pop(key, None)
             changed += 1
         for value in node.values():
             changed += revert_sync_bn_cfg(value)
@@ -113,10 +136,11 @@ def setup_cpu_distributed(cfg: Config) -> bool:
 
     When ``cfg.launcher`` is not ``'none'`` and CUDA is unavailable:
 
-    - SyncBN norm configs in ``cfg.model`` become BN, with a warning (torch's
-      ``SyncBatchNorm`` only runs on GPUs). Each rank then normalises over
-      its own batch, as MoCo's shuffle-BN intends anyway. ``cfg.sync_bn`` is
-      dropped for the same reason.
+    - SyncBN norm configs in ``cfg.model`` become BN (mmengine's
+      ``_BatchNormXd``, see :func:`revert_sync_bn_cfg`), with a warning
+      (torch's ``SyncBatchNorm`` only runs on GPUs). Each rank then
+      normalises over its own batch, as MoCo's shuffle-BN intends anyway.
+      ``cfg.sync_bn`` is dropped for the same reason.
     - ``cfg.env_cfg.dist_cfg.backend`` becomes ``'gloo'`` (``'mpi'`` is
       kept), and the gloo process group is initialised here, so the Runner
       skips its CUDA-only ``init_dist``.
@@ -144,8 +168,8 @@ def setup_cpu_distributed(cfg: Config) -> bool:
     if num_sync_bn:
         print_log(
             f'No CUDA: {num_sync_bn} SyncBN norm config(s) in the model were '
-            'changed to BN (SyncBatchNorm only runs on GPUs); every rank '
-            'normalises over its own batch.',
+            f'changed to BN ({CPU_BN_TYPE}: SyncBatchNorm only runs on GPUs); '
+            'every rank normalises over its own batch.',
             logger='current',
             level=logging.WARNING)
     if cfg.get('sync_bn'):

@@ -127,6 +127,37 @@ def _toy_config_file(tmp_path) -> str:
     return cfg_path
 
 
+def test__teacher_baseline_and_miner_use_the_teachers_dimension(
+        train_speed, tmp_path):
+    """With teacher_feat_dim != feat_dim, the teacher's MoCo v2 baseline
+    queues keys of the teacher's dimension and the miner-only measurement
+    draws teacher keys of it (a student-sized key would not fit the bank)."""
+    from mmengine.config import Config
+    model_cfg = toy_model_cfg(teacher_feat_dim=24)
+    model_cfg['teacher_neck']['out_channels'] = 24
+    cfg_path = str(tmp_path / 'toy_rekd_dims.py')
+    Config(
+        toy_runner_cfg(
+            str(tmp_path / 'work_dir'),
+            miner_hook=dict(init_iter=2, source='queue'),
+            model=model_cfg)).dump(cfg_path)
+    cfg = Config.fromfile(cfg_path)
+    teacher = train_speed.build_model(cfg, 'moco_teacher')
+    student = train_speed.build_model(cfg, 'moco_student')
+    assert teacher.queue.shape == (24, cfg.model.queue_len)
+    assert student.queue.shape == (16, cfg.model.queue_len)
+
+    out = str(tmp_path / 'speed.json')
+    train_speed.main([
+        cfg_path, '--iters', '1', '--warmup', '0', '--miner-batch', '16',
+        '--variants', 'moco_teacher', '--in-process', '--out', out
+    ])
+    with open(out) as f:
+        var = json.load(f)['variants']
+    assert var['moco_teacher']['median_step_seconds'] > 0
+    assert var['miner']['phase_seconds']['bank_update'] > 0
+
+
 def test__train_speed_runs_and_writes_valid_json(train_speed, tmp_path):
     """Every measurement of the benchmark on the toy config (in-process, to
     keep the test short): the results are complete and consistent."""

@@ -196,8 +196,11 @@ def test_revert_sync_bn_cfg_changes_only_sync_bn():
             dict(act_cfg=dict(type='ReLU'))
         ])
     assert revert_sync_bn_cfg(model) == 2
-    assert model['backbone']['norm_cfg'] == dict(type='BN', requires_grad=True)
-    assert model['blocks'][0]['norm_cfg']['type'] == 'BN'
+    # mmengine's _BatchNormXd, any input dimension (tests/test_utils/
+    # test_dist.py).
+    assert model['backbone']['norm_cfg'] == dict(
+        type='mmpretrain.BNXd', requires_grad=True)
+    assert model['blocks'][0]['norm_cfg']['type'] == 'mmpretrain.BNXd'
     assert model['blocks'][1]['act_cfg']['type'] == 'ReLU'
 
 

@@ -544,6 +544,12 @@ def test__a_file_with_no_encoder_names_the_file_and_its_prefixes(tmp_path):
         MODELS.build(
             toy_model_cfg(
                 teacher_pretrained=dict(checkpoint=path, weights='ema')))
+    with pytest.raises(ValueError) as err:
+        MODELS.build(
+            toy_model_cfg(
+                teacher_pretrained=dict(checkpoint=path, strict=False)))
+    assert "unknown keys ['strict']" in str(err.value)
+    assert "'weights'" in str(err.value)  # the valid keys are listed
 
 
 def test__a_changed_teacher_dim_is_refused_when_loading_state():
