@@ -11,7 +11,8 @@ labelled splits is read back from the run's ``vis_data/scalars.json``
 together with the training loss. The JSON (``--out``), a Markdown table and
 a plot of the curves are rewritten after every finished arm, and arms
 already in ``--out`` with the same settings are kept (a search split across
-sessions). The kNN here is on subsets (``--knn-max-train``/``--knn-max-val``)
+sessions); ``--resume`` continues an interrupted arm from its work dir's last
+checkpoint and joins its curve to the earlier part's. The kNN here is on subsets (``--knn-max-train``/``--knn-max-val``)
 to keep the curves cheap: use it to rank settings, and
 ``benchmarks/quality.py`` for the numbers of a table.
 
@@ -23,6 +24,7 @@ Example (two arms of one data set; run one process per core)::
         --out benchmarks/results/regime_search_cifar10.json
 """
 import argparse
+import glob
 import json
 import os
 import os.path as osp
@@ -67,6 +69,11 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument('--knn-k', type=int, default=200)
     parser.add_argument('--threads', type=int, default=1)
     parser.add_argument('--work-root', default='work_dirs/regime_search')
+    parser.add_argument(
+        '--resume',
+        action='store_true',
+        help="continue an arm from its work dir's latest checkpoint (a long "
+        'arm split across sessions); its curve joins the earlier part\'s')
     parser.add_argument('--out', required=True, help='JSON result file')
     args = parser.parse_args(argv)
     if args.iters < 1 or args.knn_interval < 1:
@@ -86,21 +93,35 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 
 
 def arm_curves(entries: List[dict]) -> Dict[str, list]:
-    """``[step, value]`` pairs of the kNN scores and of the training loss.
+    """``[step, value]`` pairs of the kNN scores and of the training loss,
+    sorted by step.
 
     kNN entries come from :class:`KNNMonitorHook` (``step`` is the number of
     finished iterations, 0 for the initialisation); loss entries from the
-    logger (``iter``).
+    logger (``iter``). Entries of a resumed run follow the interrupted
+    run's: a step logged twice keeps its later value.
     """
-    curves = {key: [] for key in CURVE_KEYS}
-    curves['loss'] = []
+    points = {key: {} for key in CURVE_KEYS + ('loss', )}
     for entry in entries:
         for key in CURVE_KEYS:
             if key in entry:
-                curves[key].append([int(entry['step']), float(entry[key])])
+                points[key][int(entry['step'])] = float(entry[key])
         if 'iter' in entry and 'loss' in entry:
-            curves['loss'].append([int(entry['iter']), float(entry['loss'])])
-    return curves
+            points['loss'][int(entry['iter'])] = float(entry['loss'])
+    return {
+        key: [[step, value] for step, value in sorted(values.items())]
+        for key, values in points.items()
+    }
+
+
+def _all_entries(work_dir: str) -> List[dict]:
+    """The logged entries of every run in the work dir, oldest first (an
+    interrupted run, then its resumptions)."""
+    entries = []
+    for log_dir in sorted(glob.glob(osp.join(work_dir, '[0-9]*_[0-9]*'))):
+        if osp.isfile(osp.join(log_dir, 'vis_data', 'scalars.json')):
+            entries += quality.read_scalars(log_dir)
+    return entries
 
 
 def _monitored_config(args, work_dir: str) -> str:
@@ -123,6 +144,17 @@ def _monitored_config(args, work_dir: str) -> str:
     path = osp.join(work_dir, 'monitored_config.py')
     cfg.dump(path)
     return path
+
+
+def _clear_logs(work_dir: str) -> None:
+    """Move an earlier run's log dirs aside, so that a fresh run's curve is
+    not joined to them (``--resume`` joins them on purpose)."""
+    old = sorted(glob.glob(osp.join(work_dir, '[0-9]*_[0-9]*')))
+    if old:
+        stale = osp.join(work_dir, 'stale_logs')
+        os.makedirs(stale, exist_ok=True)
+        for log_dir in old:
+            os.replace(log_dir, osp.join(stale, osp.basename(log_dir)))
 
 
 def _settings(args) -> Dict:
@@ -253,12 +285,17 @@ def main(argv: Optional[List[str]] = None) -> Dict:
             f'{shlex.join(options)}',
             flush=True)
         start = time.time()
-        run = quality._run_train(config, work_dir, options, args.threads, None)
+        if not args.resume:
+            _clear_logs(work_dir)
+        run = quality._run_train(
+            config, work_dir, options, args.threads, None, resume=args.resume)
+        # With --resume, wall_s is this session's part only.
         results['arms'][name] = dict(
             options=options[2:],
             command=run['command'],
             wall_s=time.time() - start,
-            curves=arm_curves(quality.read_scalars(run['log_dir'])))
+            resumed=args.resume,
+            curves=arm_curves(_all_entries(work_dir)))
         _write(results, args.out)
         student = results['arms'][name]['curves']['knn/student_top1']
         print(f'[regime_search] {name}: student kNN {student}', flush=True)

@@ -40,36 +40,49 @@ def _run(args):
                           timeout=600)
 
 
-def test__curves_start_at_the_initialisation_and_are_written(tmp_path):
+def test__curves_start_at_the_initialisation_and_resume_joins_them(tmp_path):
     assert osp.isdir(FASHION_MNIST_ROOT), 'run tools/setup_env.sh first'
     out = tmp_path / 'search.json'
     common = [
-        '--dataset', 'fashion-mnist', '--iters', '2', '--knn-interval', '1',
+        '--dataset', 'fashion-mnist', '--iters', '4', '--knn-interval', '1',
         '--knn-max-train', '100', '--knn-max-val', '50', '--knn-k', '10',
         '--work-root',
         str(tmp_path / 'work'), '--out',
         str(out)
     ]
-    proc = _run(common +
-                ['--arm', 'lr0.01', 'optim_wrapper.optimizer.lr=0.01', *TINY])
+    arm = [
+        '--arm', 'lr0.01', 'optim_wrapper.optimizer.lr=0.01',
+        'default_hooks.checkpoint.interval=2', *TINY
+    ]
+    # An arm stopped after 2 of its 4 iterations (as a session's end would),
+    # with its checkpoint at iteration 2.
+    proc = _run(common + arm + ['train_cfg.max_iters=2'])
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    results = json.loads(out.read_text())
-    arm = results['arms']['lr0.01']
-    steps = [step for step, _ in arm['curves']['knn/student_top1']]
-    assert steps == [0, 1, 2]
-    assert all(0 <= v <= 100 for _, v in arm['curves']['knn/student_top1'])
-    assert [i for i, _ in arm['curves']['loss']] == [1, 2]
-    assert arm['options'][0] == 'optim_wrapper.optimizer.lr=0.01'
+    first = json.loads(out.read_text())['arms']['lr0.01']
+    assert [s for s, _ in first['curves']['knn/student_top1']] == [0, 1, 2]
+    assert all(0 <= v <= 100 for _, v in first['curves']['knn/student_top1'])
+    assert [i for i, _ in first['curves']['loss']] == [1, 2]
     # The override reached the run: its config says so.
-    dumped = next((tmp_path / 'work' / 'fashion-mnist' /
-                   'lr0.01').glob('*/vis_data/config.py'))
+    work = tmp_path / 'work' / 'fashion-mnist' / 'lr0.01'
+    dumped = next(work.glob('*/vis_data/config.py'))
     assert 'lr=0.01' in dumped.read_text()
     md = (tmp_path / 'search.md').read_text()
     assert '| lr0.01 |' in md and 'kNN@0' in md and 'kNN@2' in md
     assert (tmp_path / 'search.png').stat().st_size > 0
 
+    # --resume continues from iteration 2; the curve joins the first part.
+    proc = _run(common + ['--resume'] + arm)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    resumed = json.loads(out.read_text())['arms']['lr0.01']
+    assert resumed['resumed'] and '--resume' in resumed['command']
+    steps = [s for s, _ in resumed['curves']['knn/student_top1']]
+    assert steps == [0, 1, 2, 3, 4]
+    assert resumed['curves']['knn/student_top1'][:3] == \
+        first['curves']['knn/student_top1']
+    assert [i for i, _ in resumed['curves']['loss']] == [1, 2, 3, 4]
+
     # Other settings into the same file: refused before training.
-    proc = _run([a if a != '2' else '3'
+    proc = _run([a if a != '4' else '3'
                  for a in common[:4]] + common[4:] + ['--arm', 'other', *TINY])
     assert proc.returncode != 0 and 'other settings' in proc.stderr
     assert not (tmp_path / 'work' / 'fashion-mnist' / 'other').exists()
@@ -109,7 +122,9 @@ def test__curves_are_read_from_monitor_and_logger_entries(search):
             'step': 2
         },
     ]
+    # A resumed run logs step 2 again: the later value wins.
+    entries.append({'knn/student_top1': 31.0, 'step': 2})
     curves = search.arm_curves(entries)
-    assert curves['knn/student_top1'] == [[0, 20.0], [2, 30.0]]
+    assert curves['knn/student_top1'] == [[0, 20.0], [2, 31.0]]
     assert curves['knn/teacher_top1'] == [[2, 40.0]]
     assert curves['loss'] == [[1, 8.0]]
