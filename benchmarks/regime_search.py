@@ -12,9 +12,10 @@ together with the training loss. The JSON (``--out``), a Markdown table and
 a plot of the curves are rewritten after every finished arm, and arms
 already in ``--out`` with the same settings are kept (a search split across
 sessions); ``--resume`` continues an interrupted arm from its work dir's last
-checkpoint and joins its curve to the earlier part's. The kNN here is on subsets (``--knn-max-train``/``--knn-max-val``)
-to keep the curves cheap: use it to rank settings, and
-``benchmarks/quality.py`` for the numbers of a table.
+checkpoint and joins its curve to the earlier part's. The kNN here is on
+subsets (``--knn-max-train``/``--knn-max-val``) to keep the curves cheap:
+use it to rank settings, and ``benchmarks/quality.py`` for the numbers of a
+table.
 
 Example (two arms of one data set; run one process per core)::
 
