@@ -14,6 +14,7 @@ if [ "${REKD_SKIP_LINT:-0}" != 1 ]; then
     bash "$repo_root/tools/lint.sh"
 fi
 cd "$repo_root"
-# One thread per process: the suite runs multi-process (gloo) tests on 2 cores.
+# One thread per process, one pytest-xdist worker per core (REKD_TEST_WORKERS,
+# default 2: these machines have 2 cores; 0 runs in this process).
 export OMP_NUM_THREADS=1
-exec .venv/bin/python -m pytest -q "$@" tests
+exec .venv/bin/python -m pytest -q -n "${REKD_TEST_WORKERS:-2}" "$@" tests
