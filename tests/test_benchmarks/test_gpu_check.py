@@ -1,22 +1,19 @@
 # Copyright (c) rekd_mm contributors. All rights reserved.
 """The GPU check runs end to end at tiny shapes on CPU (``--smoke``) with
 the ImageNet config, and reports every number it promises."""
-import importlib.util
 import json
 import os.path as osp
 
 import pytest
 
+from tests.scripts import load_script
 from tests.toy_configs import REPO_ROOT
 
 
 @pytest.fixture(scope='module')
 def gpu_check():
     path = osp.join(REPO_ROOT, 'benchmarks', 'gpu_check.py')
-    spec = importlib.util.spec_from_file_location('bench_gpu_check', path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(path)
 
 
 def test__gpu_check_smoke_runs_on_cpu_and_writes_results(gpu_check, tmp_path):

@@ -1,22 +1,19 @@
 # Copyright (c) rekd_mm contributors. All rights reserved.
 """Smoke tests of benchmarks/kmeans_scale.py (not timed)."""
-import importlib.util
 import json
 import os.path as osp
 
 import pytest
 import torch
 
+from tests.scripts import load_script
 from tests.toy_configs import REPO_ROOT
 
 
 @pytest.fixture(scope='module')
 def kmeans_scale():
     path = osp.join(REPO_ROOT, 'benchmarks', 'kmeans_scale.py')
-    spec = importlib.util.spec_from_file_location('bench_kmeans_scale', path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(path)
 
 
 def test__synthetic_embeddings_are_unit_seeded_and_clustered(kmeans_scale):

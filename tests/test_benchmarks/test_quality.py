@@ -3,7 +3,6 @@
 settings (6 iterations, a 256-slot queue, K = 8, kNN on 300 + 200 images),
 and of its variant grammar. Nothing here is timed; the accuracies of such
 short runs are only checked to be valid percentages."""
-import importlib.util
 import json
 import math
 import os
@@ -13,6 +12,7 @@ import sys
 
 import pytest
 
+from tests.scripts import load_script
 from tests.toy_configs import FASHION_MNIST_ROOT, REPO_ROOT
 
 SCRIPT = osp.join(REPO_ROOT, 'benchmarks', 'quality.py')
@@ -25,10 +25,7 @@ TRAINED = ['mocov2', 'rekd', 'rekd_oracle']
 
 @pytest.fixture(scope='module')
 def quality():
-    spec = importlib.util.spec_from_file_location('bench_quality', SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPT)
 
 
 def _run_quality(cmd, timeout):

@@ -1,11 +1,11 @@
 # Copyright (c) rekd_mm contributors. All rights reserved.
-import importlib.util
 import json
 import math
 import os.path as osp
 
 import pytest
 
+from tests.scripts import load_script
 from tests.toy_configs import REPO_ROOT
 
 SCRIPT = osp.join(REPO_ROOT, 'benchmarks', 'quality_summary.py')
@@ -13,11 +13,7 @@ SCRIPT = osp.join(REPO_ROOT, 'benchmarks', 'quality_summary.py')
 
 @pytest.fixture(scope='module')
 def summary_mod():
-    spec = importlib.util.spec_from_file_location('bench_quality_summary',
-                                                  SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPT)
 
 
 def _result(seed, knn, iters=2000):

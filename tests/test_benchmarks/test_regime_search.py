@@ -2,7 +2,6 @@
 """benchmarks/regime_search.py end to end with tiny settings (2 iterations,
 kNN on 100 + 50 Fashion-MNIST images): curves from the initialisation on,
 results written after the arm, a search with other settings refused."""
-import importlib.util
 import json
 import os
 import os.path as osp
@@ -11,6 +10,7 @@ import sys
 
 import pytest
 
+from tests.scripts import load_script
 from tests.toy_configs import FASHION_MNIST_ROOT, REPO_ROOT
 
 SCRIPT = osp.join(REPO_ROOT, 'benchmarks', 'regime_search.py')
@@ -25,10 +25,7 @@ TINY = [
 
 @pytest.fixture(scope='module')
 def search():
-    spec = importlib.util.spec_from_file_location('bench_regime', SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPT)
 
 
 def _run(args):

@@ -1,18 +1,16 @@
 # Copyright (c) rekd_mm contributors. All rights reserved.
 """benchmarks/regime_speed.py runs and writes its table (nothing timed)."""
-import importlib.util
 import json
 import os.path as osp
 
+from tests.scripts import load_script
 from tests.toy_configs import REPO_ROOT
 
 SCRIPT = osp.join(REPO_ROOT, 'benchmarks', 'regime_speed.py')
 
 
 def test__writes_one_record_per_backbone_and_mode(tmp_path):
-    spec = importlib.util.spec_from_file_location('bench_regime', SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script(SCRIPT)
     out = tmp_path / 'speed.json'
     module.main([
         '--batch', '2', '--repeats', '1', '--backbones',

@@ -2,7 +2,6 @@
 """Smoke and correctness tests of benchmarks/train_speed.py (nothing here is
 timed: the numbers only have to exist and be consistent)."""
 import copy
-import importlib.util
 import json
 import math
 import os.path as osp
@@ -10,15 +9,13 @@ import os.path as osp
 import pytest
 import torch
 
+from tests.scripts import load_script
 from tests.toy_configs import REPO_ROOT, toy_model_cfg, toy_runner_cfg
 
 
 def _load_script(name: str):
     path = osp.join(REPO_ROOT, 'benchmarks', f'{name}.py')
-    spec = importlib.util.spec_from_file_location(f'bench_{name}', path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(path)
 
 
 @pytest.fixture(scope='module')

@@ -2,7 +2,6 @@
 """End-to-end runs of tools/knn_eval.py, tools/model_converters/
 extract_backbone.py and tools/analysis_tools/relation_diagnostics.py on a
 tiny ReKD checkpoint."""
-import importlib.util
 import json
 import os
 import os.path as osp
@@ -20,6 +19,7 @@ import rekd_mm  # noqa: F401
 from rekd_mm.evaluation import (build_knn_dataloader, pairwise_relation_scores,
                                 run_knn_eval)
 from rekd_mm.utils import PretrainedMismatchError, load_prefixed_weights
+from tests.scripts import load_script
 from tests.toy_configs import REPO_ROOT, toy_knn_loader_cfg, toy_model_cfg
 
 NUM_PROTOTYPES = 6
@@ -64,14 +64,6 @@ def _run_tool(*args) -> subprocess.CompletedProcess:
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
-
-
-def _load_tool(path: str):
-    spec = importlib.util.spec_from_file_location(
-        osp.splitext(osp.basename(path))[0], osp.join(REPO_ROOT, path))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _last_stage_channels(backbone) -> int:
@@ -134,7 +126,7 @@ def test__extract_backbone_writes_plain_and_prefixed_state_dicts(toy):
     assert list(state) == list(expected)
     assert all(torch.equal(state[k], expected[k]) for k in expected)
 
-    tool = _load_tool('tools/model_converters/extract_backbone.py')
+    tool = load_script('tools/model_converters/extract_backbone.py')
     teacher_out = str(toy['root'] / 'teacher.pth')
     tool.extract_backbone(
         toy['ckpt'], teacher_out, prefix='teacher.backbone.', keep_prefix=True)

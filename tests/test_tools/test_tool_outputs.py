@@ -7,9 +7,7 @@ are written atomically. Tool arguments are checked before compute, with an
 error naming the option.
 """
 import hashlib
-import importlib.util
 import os
-import os.path as osp
 import subprocess
 import sys
 
@@ -21,6 +19,7 @@ import rekd_mm  # noqa: F401
 from rekd_mm.evaluation import run_knn_eval, run_relation_diagnostics
 from rekd_mm.utils import outputs
 from rekd_mm.utils.outputs import OutputPathError
+from tests.scripts import load_script
 from tests.toy_configs import REPO_ROOT, toy_knn_loader_cfg, toy_model_cfg
 
 EXTRACT = 'tools/model_converters/extract_backbone.py'
@@ -29,14 +28,6 @@ EXTRACT = 'tools/model_converters/extract_backbone.py'
 def _digest(path):
     with open(path, 'rb') as f:
         return hashlib.sha256(f.read()).hexdigest()
-
-
-def _load_tool(path):
-    spec = importlib.util.spec_from_file_location(
-        osp.splitext(osp.basename(path))[0], osp.join(REPO_ROOT, path))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture
@@ -74,7 +65,7 @@ def test_extract_backbone_cli_refuses_to_overwrite_its_input(ckpt):
 
 def test_extract_backbone_checks_the_output_before_reading(
         ckpt, tmp_path, monkeypatch):
-    tool = _load_tool(EXTRACT)
+    tool = load_script(EXTRACT)
     monkeypatch.setattr(tool, 'load_state_dict_file', _NoRead())
     # The same file through another path (a symlink).
     link = str(tmp_path / 'link.pth')
@@ -96,7 +87,7 @@ def test_extract_backbone_checks_the_output_before_reading(
 
 def test_extract_backbone_force_replaces_atomically(ckpt, tmp_path,
                                                     monkeypatch):
-    tool = _load_tool(EXTRACT)
+    tool = load_script(EXTRACT)
     out = str(tmp_path / 'student.pth')
     open(out, 'wb').write(b'earlier result')
     # A failure while writing leaves the earlier file and no temporary one.

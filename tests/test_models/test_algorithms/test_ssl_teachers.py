@@ -8,9 +8,7 @@ from the file (a frozen teacher left partly random is refused), the teacher
 must embed exactly as the method's encoder, and a training step must work.
 The teacher's dimension is independent of the student's.
 """
-import importlib.util
 import logging
-import os.path as osp
 
 import pytest
 import torch
@@ -27,7 +25,8 @@ import rekd_mm  # noqa: F401  (registers ReKD)
 from rekd_mm.engine.hooks.export_weights_hook import export_backbone_weights
 from rekd_mm.models.utils.state_check import ReKDStateError
 from rekd_mm.utils.checkpoint import PretrainedMismatchError
-from tests.toy_configs import REPO_ROOT, toy_model_cfg, toy_runner_cfg
+from tests.scripts import load_script
+from tests.toy_configs import toy_model_cfg, toy_runner_cfg
 
 init_default_scope('mmpretrain')
 
@@ -447,14 +446,6 @@ def test__a_neck_of_another_type_is_named_with_the_files_keys(tmp_path):
     assert "'neck.fc0.weight'" in msg  # what the file has instead
 
 
-def _load_tool(path):
-    spec = importlib.util.spec_from_file_location(
-        osp.splitext(osp.basename(path))[0], osp.join(REPO_ROOT, path))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.parametrize('weights', ['auto', 'backbone'])
 @pytest.mark.parametrize(
     'fmt', ['state_dict', 'extract', 'extract_keep_prefix', 'export_hook'])
@@ -472,7 +463,7 @@ def test__plain_backbone_files_load(fmt, weights, tmp_path):
     if fmt == 'state_dict':
         torch.save(backbone, path)
     elif fmt.startswith('extract'):
-        tool = _load_tool('tools/model_converters/extract_backbone.py')
+        tool = load_script('tools/model_converters/extract_backbone.py')
         tool.extract_backbone(
             rekd_ckpt,
             path,
