@@ -1,13 +1,15 @@
 # Copyright (c) rekd_mm contributors. All rights reserved.
-from .checkpoint import (ENCODER_WEIGHTS, CheckpointLoadError, EncoderMapping,
-                         PrefixMatch, PretrainedMismatchError,
-                         describe_mismatch, load_encoder_weights,
+from .checkpoint import (CheckpointLoadError, PrefixMatch,
+                         PretrainedMismatchError, describe_mismatch,
                          load_prefixed_weights, load_state_dict_file,
                          match_prefixed_state,
-                         register_checkpoint_safe_globals, remap_encoder_state,
-                         resolve_encoder_mapping, torch_load_weights_only)
+                         register_checkpoint_safe_globals,
+                         torch_load_weights_only)
 from .dist import (CPUDistributedDataParallel, revert_sync_bn_cfg,
                    setup_cpu_distributed, teardown_cpu_distributed)
+from .encoder_weights import (ENCODER_WEIGHTS, MOMENTUM_ENCODER_NAMES,
+                              EncoderMapping, load_encoder_weights,
+                              remap_encoder_state, resolve_encoder_mapping)
 from .preflight import DataPathError, check_data_roots
 from .safe_loaders import (load_url_weights_only,
                            register_safe_checkpoint_loaders)
@@ -15,8 +17,8 @@ from .safe_loaders import (load_url_weights_only,
 __all__ = [
     'PretrainedMismatchError', 'PrefixMatch', 'describe_mismatch',
     'load_prefixed_weights', 'load_state_dict_file', 'match_prefixed_state',
-    'ENCODER_WEIGHTS', 'EncoderMapping', 'resolve_encoder_mapping',
-    'remap_encoder_state', 'load_encoder_weights',
+    'ENCODER_WEIGHTS', 'MOMENTUM_ENCODER_NAMES', 'EncoderMapping',
+    'resolve_encoder_mapping', 'remap_encoder_state', 'load_encoder_weights',
     'register_checkpoint_safe_globals', 'revert_sync_bn_cfg',
     'setup_cpu_distributed', 'teardown_cpu_distributed', 'DataPathError',
     'check_data_roots', 'CPUDistributedDataParallel', 'CheckpointLoadError',

@@ -11,7 +11,7 @@ from mmpretrain.models.selfsup.base import BaseSelfSupervisor
 from mmpretrain.registry import MODELS
 from mmpretrain.structures import DataSample
 
-from rekd_mm.utils.checkpoint import ENCODER_WEIGHTS, load_encoder_weights
+from rekd_mm.utils.encoder_weights import ENCODER_WEIGHTS, load_encoder_weights
 from ..utils.batch_shuffle import (gather_shuffled, gather_unshuffled,
                                    shuffle_permutation)
 from ..utils.ema import SyncFreeEMA
@@ -111,7 +111,7 @@ class ReKD(BaseSelfSupervisor):
               state dict (e.g. ``tools/model_converters/extract_backbone.py``
               or ``ExportWeightsHook`` output);
             - ``weights`` (str): which encoder of the file, see
-              :func:`~rekd_mm.utils.checkpoint.resolve_encoder_mapping`:
+              :func:`~rekd_mm.utils.encoder_weights.resolve_encoder_mapping`:
               ``'online'`` (``<prefix>backbone.*``, ``<prefix>neck.*``),
               ``'momentum'`` (``<prefix>module.0.*``/``module.1.*``: MoCo
               v2's and DenseCL's ``encoder_k.``, MoCo v3's
