@@ -43,6 +43,13 @@ train_pipeline = [
     dict(type='MultiView', num_views=2, transforms=[view_pipeline]),
     dict(type='PackInputs')
 ]
+# One view of the same augmentations, labelled: the training pipeline of
+# the supervised reference (configs/benchmarks/supervised/), so that it
+# follows any change of view_pipeline above.
+single_view_train_pipeline = [
+    dict(type='SafeLoadImageFromFile'), *view_pipeline,
+    dict(type='PackInputs')
+]
 
 train_dataloader = dict(
     batch_size=64,

@@ -35,6 +35,13 @@ train_pipeline = [
     dict(type='MultiView', num_views=2, transforms=[view_pipeline]),
     dict(type='PackInputs')
 ]
+# One view of the same augmentations, labelled: the training pipeline of
+# the supervised reference (configs/benchmarks/supervised/), so that it
+# follows any change of view_pipeline above.
+single_view_train_pipeline = [
+    dict(type='GrayToRGB'), *view_pipeline,
+    dict(type='PackInputs')
+]
 
 train_dataloader = dict(
     batch_size=64,

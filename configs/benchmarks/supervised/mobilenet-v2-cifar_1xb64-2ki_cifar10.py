@@ -1,5 +1,6 @@
 # Supervised reference (labels + cross-entropy) of the CIFAR-10 quality
-# regime: one view of the MoCo v2 view pipeline of the data base.
+# regime: one view of the MoCo v2 view pipeline of the data base
+# (its single_view_train_pipeline).
 _base_ = [
     './_base_/mobilenet-v2-cifar_1xb64-2ki.py',
     '../../_base_/cifar10_mocov2-32px.py',
@@ -14,29 +15,4 @@ model = dict(
         std={{_base_.data_preprocessor.std}},
         to_rgb=True))
 train_dataloader = dict(
-    dataset=dict(pipeline=[
-        dict(type='SafeLoadImageFromFile'),
-        dict(
-            type='RandomResizedCrop',
-            scale=32,
-            crop_ratio_range=(0.2, 1.),
-            backend='pillow'),
-        dict(
-            type='RandomApply',
-            transforms=[
-                dict(
-                    type='ColorJitter',
-                    brightness=0.4,
-                    contrast=0.4,
-                    saturation=0.4,
-                    hue=0.1)
-            ],
-            prob=0.8),
-        dict(
-            type='RandomGrayscale',
-            prob=0.2,
-            keep_channels=True,
-            channel_weights=(0.114, 0.587, 0.2989)),
-        dict(type='RandomFlip', prob=0.5),
-        dict(type='PackInputs'),
-    ]))
+    dataset=dict(pipeline={{_base_.single_view_train_pipeline}}))

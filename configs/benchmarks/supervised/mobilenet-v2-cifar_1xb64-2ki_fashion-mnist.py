@@ -1,5 +1,6 @@
 # Supervised reference (labels + cross-entropy) of the Fashion-MNIST quality
-# regime: one view of the MoCo v2 view pipeline of the data base.
+# regime: one view of the MoCo v2 view pipeline of the data base
+# (its single_view_train_pipeline).
 _base_ = [
     './_base_/mobilenet-v2-cifar_1xb64-2ki.py',
     '../../_base_/fashion-mnist_mocov2-32px.py',
@@ -14,24 +15,4 @@ model = dict(
         std={{_base_.data_preprocessor.std}},
         to_rgb=False))
 train_dataloader = dict(
-    dataset=dict(pipeline=[
-        dict(type='GrayToRGB'),
-        dict(
-            type='RandomResizedCrop',
-            scale=32,
-            crop_ratio_range=(0.2, 1.),
-            backend='pillow'),
-        dict(
-            type='RandomApply',
-            transforms=[
-                dict(
-                    type='ColorJitter',
-                    brightness=0.4,
-                    contrast=0.4,
-                    saturation=0.4,
-                    hue=0.1)
-            ],
-            prob=0.8),
-        dict(type='RandomFlip', prob=0.5),
-        dict(type='PackInputs'),
-    ]))
+    dataset=dict(pipeline={{_base_.single_view_train_pipeline}}))
