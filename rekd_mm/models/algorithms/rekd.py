@@ -16,6 +16,7 @@ from ..utils.batch_shuffle import (gather_shuffled, gather_unshuffled,
                                    shuffle_permutation)
 from ..utils.ema import SyncFreeEMA
 from ..utils.prototype_bank import PrototypeBank, count_used
+from ..utils.split_batch_norm import SplitBatchNorm
 
 
 @MODELS.register_module()
@@ -246,6 +247,11 @@ class ReKD(BaseSelfSupervisor):
             self.teacher_encoder_k = SyncFreeEMA(
                 nn.Sequential(self.teacher.backbone, self.teacher.neck),
                 momentum if teacher_momentum is None else teacher_momentum)
+        # Split BN (MoCo's shuffle-BN on one process) needs the keys
+        # shuffled even on one process, see :meth:`shuffle_permutation`.
+        self.split_batch_norm = any(
+            isinstance(m, SplitBatchNorm) and m.num_splits > 1
+            for m in self.modules())
 
         if relation_source not in self.RELATION_SOURCES:
             raise ValueError(f'model.relation_source must be one of '
@@ -571,8 +577,9 @@ class ReKD(BaseSelfSupervisor):
 
     def shuffle_permutation(self, batch_size: int) -> Optional[torch.Tensor]:
         """The shuffle-BN permutation of this step's global batch, or None on
-        one process (BN statistics over the whole batch do not depend on its
-        order).
+        one process without :class:`SplitBatchNorm` (BN statistics over the
+        whole batch do not depend on its order; with split BN they do, and
+        the shuffle is what keeps a query's batch-mates and its key's apart).
 
         mmpretrain's shuffle draws from the global RNG on rank 0 and
         broadcasts it; mmengine does not checkpoint that RNG, so a resumed
@@ -582,7 +589,7 @@ class ReKD(BaseSelfSupervisor):
         every rank alike: resuming is exact, no broadcast and no host read.
         """
         world_size = get_world_size()
-        if world_size == 1:
+        if world_size == 1 and not self.split_batch_norm:
             return None
         return shuffle_permutation(self.encoder_k.steps,
                                    batch_size * world_size)

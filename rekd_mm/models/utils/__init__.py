@@ -5,9 +5,10 @@ from .ema import SyncFreeEMA
 from .prototype_bank import PrototypeBank, count_used
 from .spherical_kmeans import (assign_to_centroids, kmeans_objective,
                                segment_sum, spherical_kmeans)
+from .split_batch_norm import SplitBatchNorm
 
 __all__ = [
     'PrototypeBank', 'count_used', 'assign_to_centroids', 'kmeans_objective',
     'spherical_kmeans', 'segment_sum', 'SyncFreeEMA', 'shuffle_permutation',
-    'gather_shuffled', 'gather_unshuffled'
+    'gather_shuffled', 'gather_unshuffled', 'SplitBatchNorm'
 ]
