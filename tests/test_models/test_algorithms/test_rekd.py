@@ -154,6 +154,33 @@ def test__queues_advance_together_and_stay_index_aligned():
     assert (model.queue_labels[16:] == -1).all()
 
 
+def test__split_bn_shuffles_the_keys_on_one_process():
+    """With SplitBN (MoCo's shuffle-BN on one process) the keys are computed
+    on a permuted batch and returned in the images' order; without it there
+    is nothing to shuffle."""
+    plain = _build()
+    assert not plain.split_batch_norm
+    assert plain.shuffle_permutation(8) is None
+    model = _build(
+        backbone=dict(
+            type='MobileNetV2',
+            widen_factor=0.25,
+            norm_cfg=dict(type='SplitBN', num_splits=2)))
+    assert model.split_batch_norm
+    perm = model.shuffle_permutation(8)
+    assert sorted(perm.tolist()) == list(range(8))
+    assert set(perm[:4].tolist()) != set(range(4))  # slices are remixed
+    im_k = _batch()[0][1]
+    k_s, _, all_k_s, _ = model._encode_keys(im_k)
+    with torch.no_grad():
+        shuffled = F.normalize(model.encoder_k(im_k[perm])[0], dim=1)
+        in_order = F.normalize(model.encoder_k(im_k)[0], dim=1)
+    torch.testing.assert_close(k_s[perm], shuffled, rtol=0, atol=1e-6)
+    torch.testing.assert_close(all_k_s, k_s)
+    # Keys depend on the slice-mates: the shuffle changed them.
+    assert not torch.allclose(k_s, in_order, atol=1e-3)
+
+
 def test__queue_len_must_hold_whole_batches():
     model = _build(queue_len=12)
     with pytest.raises(ValueError, match='model.queue_len=12'):
