@@ -94,30 +94,28 @@ class SplitBatchNorm(_BatchNorm):
                 f'{self.num_splits}: change the batch size or num_splits '
                 f'(drop_last=True keeps every batch full).')
         slices = input.chunk(self.num_splits)
-        # Normalise each slice with its own statistics; the running ones are
-        # updated once, below, from the average over slices.
+        # Each slice is normalised with its own statistics. Running buffers
+        # with momentum 1 receive each slice's mean and unbiased variance
+        # from the same kernel (no second pass over the input); the running
+        # statistics then move once, towards their average over slices.
+        stats = dict(device=input.device, dtype=torch.float32)
+        means = torch.zeros(self.num_splits, self.num_features, **stats)
+        variances = torch.ones(self.num_splits, self.num_features, **stats)
         output = torch.cat([
-            F.batch_norm(s, None, None, self.weight, self.bias, True, 0.0,
-                         self.eps) for s in slices
+            F.batch_norm(part, means[i], variances[i], self.weight, self.bias,
+                         True, 1.0, self.eps) for i, part in enumerate(slices)
         ])
         if self.track_running_stats:
-            self._update_running_stats(slices)
+            self._update_running_stats(means.mean(0), variances.mean(0))
         return output
 
     @torch.no_grad()
-    def _update_running_stats(self, slices) -> None:
-        dims = [0] + list(range(2, slices[0].dim()))
-        means, variances = [], []
-        for s in slices:
-            var, mean = torch.var_mean(s.float(), dim=dims, correction=1)
-            means.append(mean)
-            variances.append(var)
+    def _update_running_stats(self, mean: torch.Tensor,
+                              var: torch.Tensor) -> None:
         self.num_batches_tracked.add_(1)
         if self.momentum is None:  # cumulative moving average
             factor = 1.0 / self.num_batches_tracked.float()
         else:
             factor = self.momentum
-        self.running_mean.lerp_(
-            torch.stack(means).mean(0).to(self.running_mean.dtype), factor)
-        self.running_var.lerp_(
-            torch.stack(variances).mean(0).to(self.running_var.dtype), factor)
+        self.running_mean.lerp_(mean.to(self.running_mean.dtype), factor)
+        self.running_var.lerp_(var.to(self.running_var.dtype), factor)
