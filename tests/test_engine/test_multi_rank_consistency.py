@@ -126,6 +126,14 @@ def _light_worker(rank, world_size):
     out['shuffle'] = dict(
         samples=samples, shuffled=shuffled, mine=(mine2, mine1), all=all2)
 
+    # Split BN under the shuffle: 2 slices on each of the 2 ranks.
+    from rekd_mm.models.utils import SplitBatchNorm
+    images = torch.randn(
+        batch, 3, 2, 2, generator=torch.Generator().manual_seed(10 + rank))
+    normed = SplitBatchNorm(3, num_splits=2)(gather_shuffled(images, perm))
+    (keys, ), (all_keys, ) = gather_unshuffled([normed.flatten(1)], perm)
+    out['split_bn'] = dict(images=images, keys=keys, all=all_keys, perm=perm)
+
     kmeans = importlib.import_module('rekd_mm.models.utils.spherical_kmeans')
     # Without the final broadcast: what each rank computed by itself.
     kmeans.broadcast = lambda *args, **kwargs: None
@@ -163,3 +171,20 @@ def test__kmeans_seeds_agree_across_unequal_shards(light_ranks):
     r0, r1 = light_ranks
     for init in ('kmeans++', 'random'):
         assert torch.equal(r0[init], r1[init]), init
+
+
+def test__split_bn_on_two_ranks_is_split_bn_on_the_global_batch(light_ranks):
+    """Two ranks with two slices each normalise the shuffled global batch
+    exactly as one process with four slices: the one-process shuffle-BN is
+    the multi-process one."""
+    from rekd_mm.models.utils import SplitBatchNorm
+    results = [r['split_bn'] for r in light_ranks]
+    perm = results[0]['perm']
+    images = torch.cat([r['images'] for r in results])
+    shuffled = SplitBatchNorm(3, num_splits=4)(images[perm]).flatten(1)
+    expected = torch.empty_like(shuffled)
+    expected[perm] = shuffled
+    for rank, res in enumerate(results):
+        torch.testing.assert_close(res['all'], expected)
+        torch.testing.assert_close(res['keys'],
+                                   expected[4 * rank:4 * rank + 4])
