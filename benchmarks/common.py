@@ -1,8 +1,9 @@
 # Copyright (c) rekd_mm contributors. All rights reserved.
-"""Helpers shared by the benchmark scripts: machine description, peak memory,
-medians and result files, and the building blocks of the training-step
-benchmarks (``train_speed.py``, ``gpu_check.py``): config, inputs, models,
-a prepared prototype bank, the training step and its phase-by-phase replay.
+"""Helpers shared by the benchmark scripts: machine description (and whether
+the git tree has uncommitted changes), peak memory, medians, result files and
+plot colours, and the building blocks of the training-step benchmarks
+(``train_speed.py``, ``gpu_check.py``): config, inputs, models, a prepared
+prototype bank, the training step and its phase-by-phase replay.
 
 Kept free of torch at import time (the functions import it) so that a script
 can set ``OMP_NUM_THREADS`` before torch is imported.
@@ -26,11 +27,12 @@ if TYPE_CHECKING:  # annotations only: torch is imported where it is used
     import torch.nn as nn
 
 __all__ = [
-    'machine_info', 'command_line', 'read_proc_status_kib', 'reset_peak_rss',
-    'peak_rss_mib', 'rss_mib', 'median', 'markdown_table', 'write_results',
-    'PHASE_GROUPS', 'build_config', 'init_scope', 'build_inputs',
-    'build_model', 'prepare_bank', 'build_optim_wrapper', 'train_step',
-    'PhaseTimer', 'rekd_step_by_step', 'sync', 'memory_start', 'memory_end'
+    'machine_info', 'git_dirty', 'command_line', 'read_proc_status_kib',
+    'reset_peak_rss', 'peak_rss_mib', 'rss_mib', 'median', 'markdown_table',
+    'write_results', 'variant_colours', 'PHASE_GROUPS', 'build_config',
+    'init_scope', 'build_inputs', 'build_model', 'prepare_bank',
+    'build_optim_wrapper', 'train_step', 'PhaseTimer', 'rekd_step_by_step',
+    'sync', 'memory_start', 'memory_end'
 ]
 
 
@@ -54,6 +56,27 @@ def _git_commit() -> Optional[str]:
                              text=True,
                              timeout=10)
         return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def git_dirty() -> Optional[bool]:
+    """Whether the repository's tracked files have uncommitted changes.
+
+    Returns:
+        bool, optional: True when ``git status`` lists changes to tracked
+        files, False when it lists none, None when git could not tell
+        (no git, not a repository, time-out).
+    """
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        out = subprocess.run(
+            ['git', 'status', '--porcelain', '--untracked-files=no'],
+            cwd=repo,
+            capture_output=True,
+            text=True,
+            timeout=10)
+        return bool(out.stdout.strip()) if out.returncode == 0 else None
     except (OSError, subprocess.SubprocessError):
         return None
 
@@ -181,6 +204,19 @@ def write_results(path: Optional[str],
     if markdown is not None:
         with open(os.path.splitext(path)[0] + '.md', 'w') as f:
             f.write(markdown.rstrip() + '\n')
+
+
+def variant_colours(variants) -> Dict[str, str]:
+    """One matplotlib colour per variant, the same in every panel and
+    every figure of one result set (sorted names -> C0, C1, ...).
+
+    Args:
+        variants (Iterable[str]): Variant (or arm) names; repeats are fine.
+
+    Returns:
+        dict[str, str]: ``{name: 'C<i>'}``, cycling after ten names.
+    """
+    return {name: f'C{i % 10}' for i, name in enumerate(sorted(set(variants)))}
 
 
 # --------------------------------------------------------------------------

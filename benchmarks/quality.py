@@ -38,7 +38,9 @@ Results: a JSON file (``--out``, with the exact command line, machine,
 git commit and every run's overrides), a Markdown table next to it
 (``.md``) and a plot of the relation statistics over iterations (``.png``).
 The JSON is rewritten after every run, so a long benchmark that stops keeps
-what it finished.
+what it finished. The training subprocesses and the reading of what they
+logged are in ``train_runs.py`` (shared with ``regime_search.py``), the
+scoring in ``quality_eval.py``.
 
 Examples::
 
@@ -52,84 +54,29 @@ Examples::
         --knn-max-train 10000 --threads 1
 """
 import argparse
-import glob
 import json
 import math
 import os
 import os.path as osp
 import re
 import shlex
-import subprocess
 import sys
 import time
 from typing import Dict, List, Optional, Sequence
 
+# isort: off
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
-from common import command_line, machine_info, markdown_table  # noqa: E402
+from common import (  # noqa: E402
+    command_line, git_dirty, machine_info, markdown_table, variant_colours)
+from train_runs import (  # noqa: E402
+    DATASETS, REGIMES, REPO_ROOT, check_data, dataset_options, last_checkpoint,
+    load_cfg, read_all_scalars, read_scalars, run_train)
+# isort: on
 
 __all__ = [
-    'DATASETS', 'RELATION_KEYS', 'parse_variant', 'variant_cfg_options',
-    'read_scalars', 'relation_series', 'probe_accuracy', 'build_markdown',
-    'plot_relation', 'main'
+    'RELATION_KEYS', 'parse_variant', 'variant_cfg_options', 'relation_series',
+    'probe_accuracy', 'build_markdown', 'plot_relation', 'main'
 ]
-
-REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-TRAIN_SCRIPT = osp.join(REPO_ROOT, 'tools', 'train.py')
-
-# The paired configs of each regime (same student, data, augmentations, batch
-# and schedule) and the student's linear-probe config, per data set.
-# ``demo``: the CPU demos (stride-32 MobileNetV2: 1 x 1 last map at 32 px);
-# ``small``: the small-image regime (stride-1 stems, docs/quality.md).
-REGIMES = {
-    'demo':
-    dict({
-        'fashion-mnist':
-        dict(
-            mocov2='configs/mocov2_mobilenet-v2_1xb64-400i_fashion-mnist.py',
-            rekd='configs/'
-            'rekd_mobilenet-v2-t-resnet18_1xb64-400i_fashion-mnist.py',
-            probe='configs/benchmarks/linear_probe/'
-            'mobilenet-v2_1xb256-linear-coslr-10e_fashion-mnist.py',
-            probe_options=[],
-            data_root='data/fashion_mnist'),
-        'cifar10':
-        dict(
-            mocov2='configs/mocov2_mobilenet-v2_1xb64-400i_cifar10.py',
-            rekd='configs/'
-            'rekd_mobilenet-v2-t-resnet18_1xb64-400i_cifar10.py',
-            probe='configs/benchmarks/linear_probe/'
-            'mobilenet-v2_1xb256-linear-coslr-10e_cifar10-32px.py',
-            probe_options=[],
-            data_root='../shared/data/cifar10'),
-    }),
-    'small':
-    dict({
-        'fashion-mnist':
-        dict(
-            mocov2='configs/'
-            'mocov2_mobilenet-v2-cifar_1xb64-2ki_fashion-mnist.py',
-            rekd='configs/rekd_mobilenet-v2-cifar-t-resnet18-cifar_'
-            '1xb64-2ki_fashion-mnist.py',
-            probe='configs/benchmarks/linear_probe/'
-            'mobilenet-v2_1xb256-linear-coslr-10e_fashion-mnist.py',
-            probe_options=['model.backbone.type=MobileNetV2_CIFAR'],
-            supervised='configs/benchmarks/supervised/'
-            'mobilenet-v2-cifar_1xb64-2ki_fashion-mnist.py',
-            data_root='data/fashion_mnist'),
-        'cifar10':
-        dict(
-            mocov2='configs/mocov2_mobilenet-v2-cifar_1xb64-2ki_cifar10.py',
-            rekd='configs/rekd_mobilenet-v2-cifar-t-resnet18-cifar_'
-            '1xb64-2ki_cifar10.py',
-            probe='configs/benchmarks/linear_probe/'
-            'mobilenet-v2_1xb256-linear-coslr-10e_cifar10-32px.py',
-            probe_options=['model.backbone.type=MobileNetV2_CIFAR'],
-            supervised='configs/benchmarks/supervised/'
-            'mobilenet-v2-cifar_1xb64-2ki_cifar10.py',
-            data_root='../shared/data/cifar10'),
-    }),
-}
-DATASETS = REGIMES['small']
 
 # Statistics that ReKD logs every iteration (see ReKD._relation_stats).
 RELATION_KEYS = ('relation_precision', 'proto_in_use',
@@ -269,29 +216,6 @@ def variant_cfg_options(spec: dict,
 # --------------------------------------------------------------------------
 # Reading what a run logged
 # --------------------------------------------------------------------------
-def _latest_log_dir(work_dir: str, before: Sequence[str] = ()) -> str:
-    """The timestamped log directory that the Runner created last."""
-    dirs = sorted(
-        d for d in glob.glob(osp.join(work_dir, '[0-9]*_[0-9]*'))
-        if osp.isdir(d) and d not in before)
-    if not dirs:
-        raise FileNotFoundError(
-            f'no timestamped log directory in {work_dir}: did the run start?')
-    return dirs[-1]
-
-
-def read_scalars(log_dir: str) -> List[dict]:
-    """The entries of ``<log_dir>/vis_data/scalars.json`` (one per line)."""
-    path = osp.join(log_dir, 'vis_data', 'scalars.json')
-    if not osp.isfile(path):
-        raise FileNotFoundError(
-            f'{path} is missing: the run logged nothing (is '
-            'default_hooks.logger.interval larger than the number of '
-            'iterations, or the LocalVisBackend disabled?)')
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
 def relation_series(entries: List[dict],
                     keys: Sequence[str] = RELATION_KEYS) -> Dict[str, list]:
     """``[iteration, value]`` pairs of each statistic in training entries.
@@ -327,80 +251,8 @@ def probe_accuracy(entries: List[dict]) -> Dict:
 
 
 # --------------------------------------------------------------------------
-# Running
+# Planning
 # --------------------------------------------------------------------------
-def _run_train(config: str,
-               work_dir: str,
-               options: List[str],
-               threads: int,
-               timeout: Optional[float],
-               resume: bool = False) -> Dict:
-    """``tools/train.py`` in a fresh process; returns the log dir and time.
-
-    Output goes to ``<work_dir>/stdout.log``; a failure raises with its
-    tail. ``resume``: continue from the work dir's latest checkpoint
-    (``tools/train.py --resume``) when there is one.
-    """
-    os.makedirs(work_dir, exist_ok=True)
-    before = glob.glob(osp.join(work_dir, '[0-9]*_[0-9]*'))
-    cmd = [sys.executable, TRAIN_SCRIPT, config, '--work-dir', work_dir]
-    if resume and osp.isfile(osp.join(work_dir, 'last_checkpoint')):
-        cmd.append('--resume')
-    if options:
-        cmd += ['--cfg-options', *options]
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
-    log_path = osp.join(work_dir, 'stdout.log')
-    start = time.perf_counter()
-    with open(log_path, 'a' if '--resume' in cmd else 'w') as log:
-        proc = subprocess.run(
-            cmd,
-            cwd=REPO_ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            timeout=timeout)
-    wall = time.perf_counter() - start
-    if proc.returncode != 0:
-        with open(log_path) as f:
-            tail = ''.join(f.readlines()[-25:])
-        raise RuntimeError(f'training failed (exit {proc.returncode}): '
-                           f'{shlex.join(cmd)}\n--- {log_path} (tail) ---\n'
-                           f'{tail}')
-    return dict(
-        command=shlex.join(cmd),
-        wall_s=wall,
-        log_dir=_latest_log_dir(work_dir, before),
-        stdout=log_path)
-
-
-def _last_checkpoint(work_dir: str) -> str:
-    path = osp.join(work_dir, 'last_checkpoint')
-    if not osp.isfile(path):
-        raise FileNotFoundError(
-            f'{path} is missing: the run saved no checkpoint (is a '
-            'CheckpointHook configured?)')
-    with open(path) as f:
-        ckpt = f.read().strip()
-    if not osp.isabs(ckpt):
-        ckpt = osp.join(REPO_ROOT, ckpt)
-    if not osp.isfile(ckpt):
-        raise FileNotFoundError(f'{path} points to {ckpt}, which is missing')
-    return ckpt
-
-
-def _load_cfg(config: str, options: List[str]):
-    """The config with ``key=value`` overrides, as tools/train.py builds it
-    (the kNN evaluation needs the same backbone and data roots)."""
-    from mmengine.config import Config, DictAction
-    cfg = Config.fromfile(osp.join(REPO_ROOT, config))
-    parsed = {}
-    for item in options:
-        key, value = item.split('=', 1)
-        parsed[key] = DictAction._parse_iterable(value)
-    cfg.merge_from_dict(parsed)
-    return cfg
-
-
 def _miner_hook_index(config: str) -> Optional[int]:
     from mmengine.config import Config
     hooks = Config.fromfile(osp.join(REPO_ROOT, config)).get(
@@ -410,22 +262,6 @@ def _miner_hook_index(config: str) -> Optional[int]:
                                 'mmpretrain.RelationMinerHook'):
             return i
     return None
-
-
-def _knn(cfg, checkpoint: str, prefix: str, args) -> Dict:
-    from rekd_mm.evaluation import run_knn_eval
-    start = time.perf_counter()
-    result = run_knn_eval(
-        cfg,
-        checkpoint,
-        prefix=prefix,
-        max_train=args.knn_max_train,
-        max_val=args.knn_max_val,
-        seed=args.seed,
-        show_progress=False,
-        verbose=False)
-    result['wall_s'] = time.perf_counter() - start
-    return result
 
 
 def _offline_teachers(values: Optional[List[str]],
@@ -444,54 +280,6 @@ def _offline_teachers(values: Optional[List[str]],
                 f'--offline-teacher for {name}: {path} does not exist')
         teachers[name] = osp.abspath(path)
     return teachers
-
-
-def _dataset_options(name: str, cifar_root: Optional[str]) -> Dict:
-    """Data-root overrides for pretraining (and kNN) and for the probe."""
-    if name != 'cifar10' or cifar_root is None:
-        return dict(train=[], probe=[])
-    root = osp.abspath(cifar_root)
-    train = [
-        f'{loader}.dataset.data_root={root}'
-        for loader in ('train_dataloader', 'knn_train_dataloader',
-                       'knn_val_dataloader')
-    ]
-    probe = [
-        f'{loader}.dataset.data_root={root}'
-        for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader')
-    ]
-    return dict(train=train, probe=probe)
-
-
-def _check_data(name: str, cifar_root: Optional[str]) -> None:
-    if name == 'cifar10':
-        root = cifar_root or osp.join(REPO_ROOT, DATASETS[name]['data_root'])
-        missing = [
-            s for s in ('train', 'test') if not osp.isdir(osp.join(root, s))
-        ]
-        if missing:
-            raise FileNotFoundError(
-                f'CIFAR-10 folders {missing} not found under {root}: expected '
-                '<root>/{train,test}/<class>/<n>.jpg; pass --cifar-root')
-    else:
-        root = osp.join(REPO_ROOT, DATASETS[name]['data_root'])
-        if not osp.isdir(root):
-            raise FileNotFoundError(
-                f'Fashion-MNIST not found at {root}: run tools/setup_env.sh '
-                '(it unpacks the Debian dataset-fashion-mnist files there)')
-
-
-def _git_dirty() -> Optional[bool]:
-    try:
-        out = subprocess.run(
-            ['git', 'status', '--porcelain', '--untracked-files=no'],
-            cwd=REPO_ROOT,
-            capture_output=True,
-            text=True,
-            timeout=10)
-        return bool(out.stdout.strip()) if out.returncode == 0 else None
-    except (OSError, subprocess.SubprocessError):
-        return None
 
 
 # --------------------------------------------------------------------------
@@ -558,12 +346,6 @@ def build_markdown(results: Dict) -> str:
         f"{settings['threads']} thread(s) per run.",
     ]
     return '\n'.join(lines)
-
-
-def variant_colours(variants) -> Dict[str, str]:
-    """One matplotlib colour per variant, the same in every panel and
-    every figure of one result set (sorted names -> C0, C1, ...)."""
-    return {name: f'C{i % 10}' for i, name in enumerate(sorted(set(variants)))}
 
 
 def plot_relation(results: Dict, path: str) -> None:
@@ -804,9 +586,9 @@ def _plan(args) -> List[Dict]:
         s['offline'] for s in args.specs) else {}
     plan = []
     for dataset in args.datasets:
-        _check_data(dataset, args.cifar_root)
+        check_data(dataset, args.cifar_root)
         paths = REGIMES[args.regime][dataset]
-        data_opts = _dataset_options(dataset, args.cifar_root)
+        data_opts = dataset_options(dataset, args.cifar_root)
         hook_index = _miner_hook_index(paths['rekd'])
         for spec in args.specs:
             if spec['offline'] and dataset not in teachers:
@@ -898,8 +680,8 @@ def _train_or_reuse(item: Dict, args) -> Dict:
         f"[{item['dataset']} / {item['spec']['name']}] training "
         f"{args.iters} iterations ...",
         flush=True)
-    run = _run_train(item['config'], item['work_dir'], item['options'],
-                     args.threads, args.timeout, args.resume)
+    run = run_train(item['config'], item['work_dir'], item['options'],
+                    args.threads, args.timeout, args.resume)
     run.update(config=item['config'], options=item['options'])
     if '--resume' in run['command']:
         # Wall time of this part only; earlier parts are in stdout.log.
@@ -942,9 +724,9 @@ def _mmpretrain_probe(rec: Dict, item: Dict, args) -> None:
         f"[{item['dataset']} / {rec['variant']}] linear probe "
         f'({epochs} epochs) ...',
         flush=True)
-    probe = _run_train(item['probe_config'],
-                       osp.join(item['work_dir'], 'linear_probe'), options,
-                       args.threads, args.timeout)
+    probe = run_train(item['probe_config'],
+                      osp.join(item['work_dir'], 'linear_probe'), options,
+                      args.threads, args.timeout)
     rec['probe'] = dict(
         config=item['probe_config'],
         cfg_options=options,
@@ -978,7 +760,7 @@ def _run_one(item: Dict, args) -> Dict:
         cfg_options=item['options'],
         work_dir=item['work_dir'],
         train_wall_s=0.0)
-    cfg = _load_cfg(item['config'], item['options'])
+    cfg = load_cfg(item['config'], item['options'])
     print(f"[{item['dataset']} / {spec['name']}] scoring ...", flush=True)
     if spec['algorithm'] == 'pixels':
         _scores(rec, 'student', evaluate_pixels(cfg, args), args.knn_k)
@@ -994,14 +776,10 @@ def _run_one(item: Dict, args) -> Dict:
         train_wall_s=run['wall_s'],
         log_dir=run['log_dir'],
         reused=run.get('reused', False))
-    rec['checkpoint'] = _last_checkpoint(item['work_dir'])
+    rec['checkpoint'] = last_checkpoint(item['work_dir'])
     if run.get('resumed'):
         # Every part of a run split across sessions, in order.
-        entries = []
-        for log_dir in sorted(
-                glob.glob(osp.join(item['work_dir'], '[0-9]*_[0-9]*'))):
-            if osp.isfile(osp.join(log_dir, 'vis_data', 'scalars.json')):
-                entries += read_scalars(log_dir)
+        entries = read_all_scalars(item['work_dir'])
     else:
         entries = read_scalars(run['log_dir'])
     _training_summary(rec, entries)
@@ -1043,7 +821,7 @@ def main(argv: Optional[List[str]] = None) -> Dict:
         benchmark='quality',
         command=command_line(),
         git_commit=machine.get('git_commit'),
-        git_dirty=_git_dirty(),
+        git_dirty=git_dirty(),
         machine=machine,
         settings=dict(
             datasets=args.datasets,

@@ -27,8 +27,7 @@ from collections import defaultdict
 from typing import Dict, List, Optional
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
-from common import command_line, markdown_table  # noqa: E402
-from quality import variant_colours  # noqa: E402
+from common import command_line, markdown_table, variant_colours  # noqa: E402
 
 METRICS = ('student_knn_top1', 'student_probe_top1', 'teacher_knn_top1',
            'teacher_probe_top1', 'train_wall_s')

@@ -34,9 +34,13 @@ import sys
 import time
 from typing import Dict, List, Optional
 
+# isort: off
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
-import quality  # noqa: E402
-from common import command_line, machine_info, markdown_table  # noqa: E402
+from common import (  # noqa: E402
+    command_line, machine_info, markdown_table, variant_colours)
+from train_runs import (  # noqa: E402
+    DATASETS, REPO_ROOT, read_all_scalars, run_train)
+# isort: on
 
 __all__ = ['parse_args', 'arm_curves', 'build_markdown', 'main']
 
@@ -46,8 +50,7 @@ CURVE_KEYS = ('knn/student_top1', 'knn/teacher_top1')
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description='kNN learning curves of a config under overrides')
-    parser.add_argument(
-        '--dataset', choices=sorted(quality.DATASETS), required=True)
+    parser.add_argument('--dataset', choices=sorted(DATASETS), required=True)
     parser.add_argument(
         '--config',
         default=None,
@@ -89,7 +92,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         if '/' in name or name.startswith('.'):
             parser.error(f'--arm {name}: a name is a directory name, '
                          "without '/' or a leading '.'")
-    args.config = args.config or quality.DATASETS[args.dataset]['mocov2']
+    args.config = args.config or DATASETS[args.dataset]['mocov2']
     return args
 
 
@@ -115,22 +118,12 @@ def arm_curves(entries: List[dict]) -> Dict[str, list]:
     }
 
 
-def _all_entries(work_dir: str) -> List[dict]:
-    """The logged entries of every run in the work dir, oldest first (an
-    interrupted run, then its resumptions)."""
-    entries = []
-    for log_dir in sorted(glob.glob(osp.join(work_dir, '[0-9]*_[0-9]*'))):
-        if osp.isfile(osp.join(log_dir, 'vis_data', 'scalars.json')):
-            entries += quality.read_scalars(log_dir)
-    return entries
-
-
 def _monitored_config(args, work_dir: str) -> str:
     """The config with a :class:`KNNMonitorHook` appended, dumped into the
     work dir (overrides stay on the command line, as a user would pass
     them)."""
     from mmengine.config import Config
-    cfg = Config.fromfile(osp.join(quality.REPO_ROOT, args.config))
+    cfg = Config.fromfile(osp.join(REPO_ROOT, args.config))
     cfg.custom_hooks = list(cfg.get('custom_hooks', [])) + [
         dict(
             type='KNNMonitorHook',
@@ -222,7 +215,7 @@ def plot_curves(results: Dict, path: str) -> None:
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
-    colours = quality.variant_colours(list(results['arms']))
+    colours = variant_colours(list(results['arms']))
     fig, (knn_ax, loss_ax) = plt.subplots(1, 2, figsize=(11, 4))
     for name, arm in results['arms'].items():
         for key, style in (('knn/student_top1', '-'), ('knn/teacher_top1',
@@ -273,8 +266,7 @@ def main(argv: Optional[List[str]] = None) -> Dict:
             results['commands'] = json.load(f).get('commands', [])
     results['commands'].append(command_line())
     for name, *options in args.arm:
-        work_dir = osp.join(quality.REPO_ROOT, args.work_root, args.dataset,
-                            name)
+        work_dir = osp.join(REPO_ROOT, args.work_root, args.dataset, name)
         os.makedirs(work_dir, exist_ok=True)
         config = _monitored_config(args, work_dir)
         options = [
@@ -288,7 +280,7 @@ def main(argv: Optional[List[str]] = None) -> Dict:
         start = time.time()
         if not args.resume:
             _clear_logs(work_dir)
-        run = quality._run_train(
+        run = run_train(
             config, work_dir, options, args.threads, None, resume=args.resume)
         # With --resume, wall_s is this session's part only.
         results['arms'][name] = dict(
@@ -296,7 +288,7 @@ def main(argv: Optional[List[str]] = None) -> Dict:
             command=run['command'],
             wall_s=time.time() - start,
             resumed=args.resume,
-            curves=arm_curves(_all_entries(work_dir)))
+            curves=arm_curves(read_all_scalars(work_dir)))
         _write(results, args.out)
         student = results['arms'][name]['curves']['knn/student_top1']
         print(f'[regime_search] {name}: student kNN {student}', flush=True)
