@@ -431,7 +431,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         choices=sorted(REGIMES),
         default='small',
         help="the paired configs: 'small' (stride-1 stems, the quality "
-        "regime) or 'demo' (the CPU demos)")
+        "regime, 2000 iterations), 'small4k' (the same with split BN, lr "
+        "0.015, Fashion-MNIST crops (0.5, 1), 4000 iterations: pass --iters "
+        "4000) or 'demo' (the CPU demos)")
     parser.add_argument(
         '--variants',
         nargs='+',

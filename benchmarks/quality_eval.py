@@ -12,6 +12,7 @@ from typing import Dict
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from mmengine.registry import init_default_scope
 from mmpretrain.registry import MODELS
 
 from rekd_mm.evaluation import (build_data_preprocessor, build_knn_dataloader,
@@ -22,8 +23,8 @@ from rekd_mm.evaluation.knn_eval import backbone_cfg_for_prefix
 from rekd_mm.utils.checkpoint import load_prefixed_weights
 
 __all__ = [
-    'score_features', 'evaluate_checkpoint', 'evaluate_untrained',
-    'evaluate_pixels', 'PixelFeatures'
+    'score_features', 'build_backbone', 'evaluate_checkpoint',
+    'evaluate_untrained', 'evaluate_pixels', 'PixelFeatures'
 ]
 
 
@@ -105,11 +106,20 @@ def _evaluate_backbone(cfg, backbone, args, center: bool = False) -> Dict:
     return result
 
 
+def build_backbone(cfg, prefix: str) -> nn.Module:
+    """The backbone stored under ``prefix`` by a run of ``cfg``, built in the
+    config's default scope (as the Runner builds it): mmcv's
+    ``build_norm_layer`` looks norm layers up in the current scope, and
+    ``SplitBN`` is registered in mmpretrain's registry only."""
+    init_default_scope(cfg.get('default_scope', 'mmpretrain'))
+    return MODELS.build(backbone_cfg_for_prefix(cfg, prefix))
+
+
 def evaluate_checkpoint(cfg, checkpoint: str, prefix: str, args) -> Dict:
     """Scores of the backbone stored under ``prefix`` in ``checkpoint``
     (``'backbone.'``: the student or a classifier; ``'teacher.backbone.'``:
     ReKD's teacher), loaded with ``weights_only=True``."""
-    backbone = MODELS.build(backbone_cfg_for_prefix(cfg, prefix))
+    backbone = build_backbone(cfg, prefix)
     load_prefixed_weights(
         backbone, checkpoint, prefix, strict=True, what=prefix.rstrip('.'))
     result = _evaluate_backbone(cfg, backbone, args)
@@ -125,7 +135,7 @@ def evaluate_untrained(cfg, seed: int, args) -> Dict:
     its exact initial weights: the Runner draws from the RNG between seeding
     and ``init_weights()`` (``tools/demo.py`` saves the exact ones)."""
     torch.manual_seed(seed)
-    backbone = MODELS.build(backbone_cfg_for_prefix(cfg, 'backbone.'))
+    backbone = build_backbone(cfg, 'backbone.')
     backbone.init_weights()
     return _evaluate_backbone(cfg, backbone, args)
 

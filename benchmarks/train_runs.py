@@ -39,7 +39,9 @@ TRAIN_SCRIPT = osp.join(REPO_ROOT, 'tools', 'train.py')
 # The paired configs of each regime (same student, data, augmentations, batch
 # and schedule) and the student's linear-probe config, per data set.
 # ``demo``: the CPU demos (stride-32 MobileNetV2: 1 x 1 last map at 32 px);
-# ``small``: the small-image regime (stride-1 stems, docs/quality.md).
+# ``small``: the small-image regime (stride-1 stems, docs/quality.md);
+# ``small4k``: the same fixed after the regime search (``*_1xb64-4ki_*``:
+# split BN, lr 0.015, 4000 iterations, Fashion-MNIST crops (0.5, 1)).
 REGIMES = {
     'demo':
     dict({
@@ -86,6 +88,32 @@ REGIMES = {
             probe_options=['model.backbone.type=MobileNetV2_CIFAR'],
             supervised='configs/benchmarks/supervised/'
             'mobilenet-v2-cifar_1xb64-2ki_cifar10.py',
+            data_root='../shared/data/cifar10'),
+    }),
+    'small4k':
+    dict({
+        'fashion-mnist':
+        dict(
+            mocov2='configs/'
+            'mocov2_mobilenet-v2-cifar_1xb64-4ki_fashion-mnist.py',
+            rekd='configs/rekd_mobilenet-v2-cifar-t-resnet18-cifar_'
+            '1xb64-4ki_fashion-mnist.py',
+            probe='configs/benchmarks/linear_probe/'
+            'mobilenet-v2_1xb256-linear-coslr-10e_fashion-mnist.py',
+            probe_options=['model.backbone.type=MobileNetV2_CIFAR'],
+            supervised='configs/benchmarks/supervised/'
+            'mobilenet-v2-cifar_1xb64-4ki_fashion-mnist.py',
+            data_root='data/fashion_mnist'),
+        'cifar10':
+        dict(
+            mocov2='configs/mocov2_mobilenet-v2-cifar_1xb64-4ki_cifar10.py',
+            rekd='configs/rekd_mobilenet-v2-cifar-t-resnet18-cifar_'
+            '1xb64-4ki_cifar10.py',
+            probe='configs/benchmarks/linear_probe/'
+            'mobilenet-v2_1xb256-linear-coslr-10e_cifar10-32px.py',
+            probe_options=['model.backbone.type=MobileNetV2_CIFAR'],
+            supervised='configs/benchmarks/supervised/'
+            'mobilenet-v2-cifar_1xb64-4ki_cifar10.py',
             data_root='../shared/data/cifar10'),
     }),
 }

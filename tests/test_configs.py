@@ -6,6 +6,7 @@ neck does not output ``feat_dim`` (the teacher's: ``teacher_feat_dim``, else
 ``feat_dim``), or whose MoCo v2 baseline drifted from the ReKD run it is
 compared with would only fail hours into a run.
 """
+import copy
 import glob
 import os.path as osp
 import re
@@ -15,12 +16,15 @@ import pytest
 import torch
 import yaml
 from mmengine.config import Config
-from mmengine.registry import FUNCTIONS
+from mmengine.registry import FUNCTIONS, init_default_scope
 from mmpretrain.models import MoCo
 from mmpretrain.registry import HOOKS, MODELS
+from torch.nn.modules.batchnorm import _BatchNorm
 
 import rekd_mm  # noqa: F401  (registers ReKD, its head and hook)
 from rekd_mm.models import ReKD
+from rekd_mm.models.utils import SplitBatchNorm
+from tests.scripts import load_script
 
 CONFIG_DIR = osp.join(osp.dirname(osp.dirname(__file__)), 'configs')
 CONFIGS = sorted(glob.glob(osp.join(CONFIG_DIR, '*.py')))
@@ -35,6 +39,16 @@ NAME_RE = re.compile(r'^(rekd|mocov2)_([a-z0-9-]+?)(-t-[a-z0-9-]+)?_'
 
 def _load(name: str) -> Config:
     return Config.fromfile(osp.join(CONFIG_DIR, name))
+
+
+def _build(cfg: Config):
+    # As the Runner does: norm layers such as SplitBN are looked up in the
+    # config's default scope.
+    init_default_scope(cfg.get('default_scope') or 'mmpretrain')
+    model_cfg = cfg.model.copy()
+    # The Runner merges the top-level data_preprocessor the same way.
+    model_cfg.setdefault('data_preprocessor', cfg.get('data_preprocessor'))
+    return MODELS.build(model_cfg)
 
 
 def _strip_scope(node):
@@ -61,10 +75,7 @@ def test_design_names_exist():
 def test_config_builds_and_student_feeds_feat_dim(name):
     cfg = _load(name)
     assert 'rekd_mm' in cfg.custom_imports['imports']
-    model_cfg = cfg.model.copy()
-    # The Runner merges the top-level data_preprocessor the same way.
-    model_cfg.setdefault('data_preprocessor', cfg.get('data_preprocessor'))
-    model = MODELS.build(model_cfg).eval()
+    model = _build(cfg).eval()
     assert isinstance(model, (ReKD, MoCo))
     assert name.startswith('rekd_') == isinstance(model, ReKD)
 
@@ -202,3 +213,140 @@ def test_byol_teacher_config_is_mmpretrains_byol_encoder():
     model = MODELS.build(cfg.model)
     assert model.teacher_frozen and model.teacher_encoder_k is None
     assert model.miner.prototypes.shape[1] == 256
+
+
+# The "small4k" quality regime (docs/quality.md, "Batch-statistics shortcut
+# (session 5)"): each *_1xb64-4ki_* config is its 2ki config with what the
+# regime search measured, and nothing else.
+SMALL4K = {
+    name: name.replace('-4ki_', '-2ki_')
+    for name in NAMES if '_1xb64-4ki_' in name
+}
+SUPERVISED = {
+    f'benchmarks/supervised/mobilenet-v2-cifar_1xb64-4ki_{data}.py':
+    f'benchmarks/supervised/mobilenet-v2-cifar_1xb64-2ki_{data}.py'
+    for data in ('cifar10', 'fashion-mnist')
+}
+SPLIT_BN = dict(type='SplitBN', num_splits=4)
+
+
+def _crop_ranges(node) -> list:
+    """crop_ratio_range of every RandomResizedCrop in a (nested) pipeline."""
+    if isinstance(node, dict):
+        found = []
+        if node.get('type') == 'RandomResizedCrop':
+            found.append(tuple(node['crop_ratio_range']))
+        return found + [r for v in node.values() for r in _crop_ranges(v)]
+    if isinstance(node, (list, tuple)):
+        return [r for v in node for r in _crop_ranges(v)]
+    return []
+
+
+def _set_crop(node, crop) -> None:
+    if isinstance(node, dict):
+        if node.get('type') == 'RandomResizedCrop':
+            node['crop_ratio_range'] = list(crop)
+        for v in node.values():
+            _set_crop(v, crop)
+    elif isinstance(node, list):
+        for v in node:
+            _set_crop(v, crop)
+
+
+def test_small4k_regime_has_its_configs():
+    assert sorted(SMALL4K) == sorted(
+        f'{algo}_1xb64-4ki_{data}.py'
+        for algo in ('mocov2_mobilenet-v2-cifar',
+                     'rekd_mobilenet-v2-cifar-t-resnet18-cifar')
+        for data in ('cifar10', 'fashion-mnist'))
+    regimes = load_script(
+        osp.join(osp.dirname(CONFIG_DIR), 'benchmarks',
+                 'train_runs.py')).REGIMES
+    for data in ('cifar10', 'fashion-mnist'):
+        small, small4k = regimes['small'][data], regimes['small4k'][data]
+        assert set(small4k) == set(small)
+        for key in ('probe', 'probe_options', 'data_root'):
+            assert small4k[key] == small[key], key
+        for key in ('mocov2', 'rekd', 'supervised'):
+            assert small4k[key] == small[key].replace('-2ki_', '-4ki_'), key
+            assert osp.isfile(osp.join(osp.dirname(CONFIG_DIR),
+                                       small4k[key])), key
+
+
+@pytest.mark.parametrize('name', sorted(SMALL4K) + sorted(SUPERVISED))
+def test_small4k_config_is_its_2ki_config_with_the_measured_changes(name):
+    four = _load(name)
+    two = _load(SMALL4K.get(name) or SUPERVISED[name])
+    contrastive = name in SMALL4K
+    expected = copy.deepcopy(_strip_scope(two._cfg_dict.to_dict()))
+    actual = _strip_scope(four._cfg_dict.to_dict())
+    # Split BN (4 slices of 16) in every encoder of a contrastive run, and
+    # its learning rate; a supervised reference keeps plain BN and lr 0.06.
+    if contrastive:
+        encoders = ['backbone', 'neck']
+        if four.model.type == 'ReKD':
+            encoders += ['teacher_backbone', 'teacher_neck']
+        for key in encoders:
+            expected['model'][key]['norm_cfg'] = SPLIT_BN
+        expected['optim_wrapper']['optimizer']['lr'] = 0.015
+        assert four.optim_wrapper.optimizer.lr == 0.015
+        actual.pop('split_bn')
+    else:
+        assert four.optim_wrapper.optimizer.lr == 0.06
+        assert 'SplitBN' not in str(four.model)
+    expected['train_cfg']['max_iters'] = 4000
+    assert four.train_cfg.max_iters == 4000
+    # Fashion-MNIST's crops keep (0.5, 1) of the image instead of (0.2, 1).
+    if name.endswith('_fashion-mnist.py'):
+        for key in ('view_pipeline', 'train_pipeline',
+                    'single_view_train_pipeline', 'train_dataloader'):
+            _set_crop(expected[key], (0.5, 1.))
+    for key in sorted(set(expected) | set(actual)):
+        assert actual.get(key) == expected.get(key), key
+
+
+@pytest.mark.parametrize('name', sorted(SMALL4K))
+def test_small4k_every_bn_of_every_encoder_is_split(name):
+    model = _build(_load(name))
+    norms = [(n, m) for n, m in model.named_modules()
+             if isinstance(m, _BatchNorm)]
+    # Student and its momentum encoder; ReKD: the teacher's too.
+    prefixes = {'backbone', 'neck', 'encoder_k'} | (
+        {'teacher', 'teacher_encoder_k'} if isinstance(model, ReKD) else set())
+    assert {n.split('.')[0] for n, _ in norms} == prefixes
+    for n, m in norms:
+        assert type(m) is SplitBatchNorm and m.num_splits == 4, n
+    if isinstance(model, ReKD):
+        assert model.split_batch_norm is True
+
+
+def test_small4k_fashion_mnist_crops_and_the_2ki_ones():
+    two_view = [
+        _load(f'{algo}_1xb64-{budget}_fashion-mnist.py')
+        for algo in ('mocov2_mobilenet-v2-cifar',
+                     'rekd_mobilenet-v2-cifar-t-resnet18-cifar')
+        for budget in ('2ki', '4ki')
+    ]
+    supervised = [
+        _load('benchmarks/supervised/'
+              f'mobilenet-v2-cifar_1xb64-{budget}_fashion-mnist.py')
+        for budget in ('2ki', '4ki')
+    ]
+    for cfg in two_view:
+        pipeline = cfg.train_dataloader.dataset.pipeline
+        assert pipeline[1].type == 'MultiView' and pipeline[1].num_views == 2
+        crop = (0.5, 1.) if cfg.train_cfg.max_iters == 4000 else (0.2, 1.)
+        assert _crop_ranges(pipeline) == [crop]
+    for cfg in supervised:
+        pipeline = cfg.train_dataloader.dataset.pipeline
+        assert [t.type for t in pipeline] == [
+            'GrayToRGB', 'RandomResizedCrop', 'RandomApply', 'RandomFlip',
+            'PackInputs'
+        ]
+        crop = (0.5, 1.) if cfg.train_cfg.max_iters == 4000 else (0.2, 1.)
+        assert _crop_ranges(pipeline) == [crop]
+    # CIFAR-10 keeps (0.2, 1) at both budgets.
+    for budget in ('2ki', '4ki'):
+        cfg = _load(f'mocov2_mobilenet-v2-cifar_1xb64-{budget}_cifar10.py')
+        assert _crop_ranges(cfg.train_dataloader.dataset.pipeline) == [(0.2,
+                                                                        1.)]

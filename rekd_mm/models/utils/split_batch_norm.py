@@ -13,8 +13,9 @@ permutation of a batch that BN normalises as a whole, so nothing is broken;
 slices of the batch separately (the "split BN" of MoCo's CIFAR-10 demo).
 
 Measured on the small regime (docs/quality.md, "Batch-statistics
-shortcut"): with whole-batch BN, the MoCo v2 key of an image computed beside
-other images than its query's loses a fifth of its cosine to the query.
+shortcut"): with whole-batch BN, the Fashion-MNIST MoCo v2 key of an image
+computed beside other images than its query's loses a quarter of its cosine
+to the query.
 
 mmcv and mmengine have no such layer (mmengine's ``_BatchNormXd`` only lifts
 the input-dimension check), hence this one.
