@@ -112,6 +112,27 @@ def test_queue_not_a_multiple_of_the_global_batch(work_dir):
     assert runner.iter == 0
 
 
+def test_split_bn_slices_that_do_not_divide_the_batch(work_dir):
+    """Batch 8 per process cannot be cut into 3 slices: refused before
+    iteration 1, naming the layer, the key and the batch."""
+    runner = _runner(
+        work_dir,
+        toy_model_cfg(
+            teacher_neck=dict(
+                type='NonLinearNeck',
+                in_channels=128,
+                hid_channels=32,
+                out_channels=16,
+                norm_cfg=dict(type='SplitBN', num_splits=3))))
+    with pytest.raises(ValueError) as err:
+        runner.train()
+    msg = str(err.value)
+    assert 'teacher.neck.bn0 is a SplitBN with num_splits=3' in msg
+    assert 'batch per process (8)' in msg
+    assert 'norm_cfg.num_splits' in msg and 'batch_size' in msg
+    assert runner.iter == 0
+
+
 @pytest.mark.parametrize('what', ['missing', 'empty'])
 def test_missing_or_empty_data_root(tmp_path, what):
     root = tmp_path / 'fashion_mnist'

@@ -681,13 +681,24 @@ class ReKD(BaseSelfSupervisor):
         return bool(value & 1), (value >> 2) >= self.queue_refresh_interval
 
     def check_global_batch(self, global_batch: int) -> None:
-        """Raise a clear error when the queue cannot hold whole batches."""
+        """Raise a clear error when the queue cannot hold whole batches, or
+        split BN cannot cut a process's batch into equal slices (checked
+        before training, rather than at the first forward)."""
         if self.queue_len % global_batch != 0:
             raise ValueError(
                 f'model.queue_len={self.queue_len} is not a multiple of the '
                 f'global batch size {global_batch} (batch per GPU x world '
                 'size): the queue is filled one whole global batch at a '
                 'time. Change model.queue_len or train_dataloader.batch_size.')
+        batch = global_batch // get_world_size()
+        for name, module in self.named_modules():
+            if isinstance(module, SplitBatchNorm) and \
+                    batch % module.num_splits:
+                raise ValueError(
+                    f'{name} is a SplitBN with num_splits='
+                    f'{module.num_splits}, which does not divide the batch '
+                    f'per process ({batch}): change norm_cfg.num_splits or '
+                    'train_dataloader.batch_size.')
 
     @torch.no_grad()
     def _dequeue_and_enqueue(
