@@ -96,10 +96,8 @@ def key_permutation(model: nn.Module, batch_size: int):
     """
     if hasattr(model, 'shuffle_permutation'):
         return model.shuffle_permutation(batch_size)
-    from rekd_mm.models.utils import SplitBatchNorm
-    if any(
-            isinstance(m, SplitBatchNorm) and m.num_splits > 1
-            for m in model.modules()):
+    from rekd_mm.models.utils import has_split_batch_norm
+    if has_split_batch_norm(model):
         return torch.randperm(batch_size)
     return None
 

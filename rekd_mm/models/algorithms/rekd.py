@@ -16,7 +16,7 @@ from ..utils.batch_shuffle import (gather_shuffled, gather_unshuffled,
                                    shuffle_permutation)
 from ..utils.ema import SyncFreeEMA
 from ..utils.prototype_bank import PrototypeBank, count_used
-from ..utils.split_batch_norm import SplitBatchNorm
+from ..utils.split_batch_norm import SplitBatchNorm, has_split_batch_norm
 
 
 @MODELS.register_module()
@@ -249,9 +249,7 @@ class ReKD(BaseSelfSupervisor):
                 momentum if teacher_momentum is None else teacher_momentum)
         # Split BN (MoCo's shuffle-BN on one process) needs the keys
         # shuffled even on one process, see :meth:`shuffle_permutation`.
-        self.split_batch_norm = any(
-            isinstance(m, SplitBatchNorm) and m.num_splits > 1
-            for m in self.modules())
+        self.split_batch_norm = has_split_batch_norm(self)
 
         if relation_source not in self.RELATION_SOURCES:
             raise ValueError(f'model.relation_source must be one of '

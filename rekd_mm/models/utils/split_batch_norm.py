@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from mmpretrain.registry import MODELS
 from torch.nn.modules.batchnorm import _BatchNorm
 
-__all__ = ['SplitBatchNorm']
+__all__ = ['SplitBatchNorm', 'has_split_batch_norm']
 
 
 @MODELS.register_module('SplitBN')
@@ -120,3 +120,12 @@ class SplitBatchNorm(_BatchNorm):
             factor = self.momentum
         self.running_mean.lerp_(mean.to(self.running_mean.dtype), factor)
         self.running_var.lerp_(var.to(self.running_var.dtype), factor)
+
+
+def has_split_batch_norm(module: torch.nn.Module) -> bool:
+    """Whether any layer of ``module`` is a :class:`SplitBatchNorm` with
+    more than one slice, i.e. whether its keys must be shuffled even on one
+    process."""
+    return any(
+        isinstance(m, SplitBatchNorm) and m.num_splits > 1
+        for m in module.modules())
