@@ -69,8 +69,8 @@ sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 from common import (  # noqa: E402
     command_line, git_dirty, machine_info, markdown_table, variant_colours)
 from train_runs import (  # noqa: E402
-    DATASETS, REGIMES, REPO_ROOT, check_data, dataset_options, last_checkpoint,
-    load_cfg, read_all_scalars, read_scalars, run_train)
+    DATASETS, REGIME_ITERS, REGIMES, REPO_ROOT, check_data, dataset_options,
+    last_checkpoint, load_cfg, read_all_scalars, read_scalars, run_train)
 # isort: on
 
 __all__ = [
@@ -432,8 +432,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         default='small',
         help="the paired configs: 'small' (stride-1 stems, the quality "
         "regime, 2000 iterations), 'small4k' (the same with split BN, lr "
-        "0.015, Fashion-MNIST crops (0.5, 1), 4000 iterations: pass --iters "
-        "4000) or 'demo' (the CPU demos)")
+        "0.015, Fashion-MNIST crops (0.5, 1), 4000 iterations) or 'demo' "
+        "(the CPU demos, 400 iterations)")
     parser.add_argument(
         '--variants',
         nargs='+',
@@ -441,7 +441,11 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         help="'mocov2', 'rekd', 'rekd_no_relation', 'rekd_offline', and "
         "'rekd' with modifiers _k{K} _theta{Θ} (e.g. rekd_k50_theta0.7)")
     parser.add_argument(
-        '--iters', type=int, default=400, help='train_cfg.max_iters')
+        '--iters',
+        type=int,
+        default=None,
+        help="train_cfg.max_iters; defaults to the regime's (2000 for "
+        "'small', 4000 for 'small4k', 400 for 'demo')")
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument(
         '--threads',
@@ -558,6 +562,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         action='store_true',
         help='print the planned training commands and exit')
     args = parser.parse_args(argv)
+    if args.iters is None:
+        args.iters = REGIME_ITERS[args.regime]
     if args.iters < 1:
         parser.error('--iters must be >= 1')
     if args.threads < 1:

@@ -28,9 +28,10 @@ import time
 from typing import Dict, List, Optional, Sequence
 
 __all__ = [
-    'REPO_ROOT', 'TRAIN_SCRIPT', 'REGIMES', 'DATASETS', 'dataset_options',
-    'check_data', 'run_train', 'wait_or_stop', 'latest_log_dir',
-    'last_checkpoint', 'read_scalars', 'read_all_scalars', 'load_cfg'
+    'REPO_ROOT', 'TRAIN_SCRIPT', 'REGIMES', 'REGIME_ITERS', 'DATASETS',
+    'dataset_options', 'check_data', 'run_train', 'wait_or_stop',
+    'latest_log_dir', 'last_checkpoint', 'read_scalars', 'read_all_scalars',
+    'load_cfg'
 ]
 
 REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -118,6 +119,9 @@ REGIMES = {
     }),
 }
 DATASETS = REGIMES['small']
+# ``train_cfg.max_iters`` of each regime's configs (``quality.py --iters``
+# defaults to it).
+REGIME_ITERS = {'demo': 400, 'small': 2000, 'small4k': 4000}
 
 
 # --------------------------------------------------------------------------

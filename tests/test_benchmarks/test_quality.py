@@ -77,6 +77,17 @@ def test__variant_names_map_to_overrides(quality):
             quality.parse_variant(bad)
 
 
+@pytest.mark.parametrize('regime, iters', [('small', 2000), ('small4k', 4000),
+                                           ('demo', 400)])
+def test__iters_default_to_the_regime_configs(quality, regime, iters):
+    args = quality.parse_args(['--regime', regime])
+    assert args.iters == iters
+    # Each regime's configs end their cosine schedule there.
+    cfg = quality.load_cfg(quality.REGIMES[regime]['cifar10']['mocov2'], [])
+    assert cfg.train_cfg.max_iters == iters
+    assert quality.parse_args(['--regime', regime, '--iters', '7']).iters == 7
+
+
 def test__end_to_end_on_fashion_mnist(tmp_path):
     assert osp.isdir(FASHION_MNIST_ROOT), 'run tools/setup_env.sh first'
     out = tmp_path / 'quality.json'

@@ -4,7 +4,7 @@ from typing import Dict, List, Optional, Tuple, Union
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from mmengine.dist import all_gather, broadcast, get_world_size
+from mmengine.dist import all_gather, broadcast, get_rank, get_world_size
 from mmengine.logging import MMLogger
 from mmengine.model import ModuleDict
 from mmpretrain.models.selfsup.base import BaseSelfSupervisor
@@ -136,6 +136,14 @@ class ReKD(BaseSelfSupervisor):
             class (an analysis upper bound that TRAINS WITH LABELS; never a
             default). The oracle follows the miner's schedule: it acts only
             once the bank is initialised. Defaults to ``'miner'``.
+        oracle_sample (dict, optional): Analysis only, with
+            ``relation_source='oracle_labels'``: instead of every slot of the
+            anchor's class, each anchor gets ``positives`` (int) slots drawn
+            at random, ``round(precision * positives)`` of its class and the
+            rest of other classes (``precision`` in [0, 1]), i.e. relations
+            of a set precision and number, like a miner's. Measures how
+            precise mined relations must be to help (docs/method.md #25).
+            Defaults to None (all same-class slots).
         relation_warmup_iters (int): The mined positives' share of the
             student's positive weight ramps linearly from 0 to its full value
             over this many iterations after the bank's first clustering (see
@@ -168,6 +176,7 @@ class ReKD(BaseSelfSupervisor):
                  kd_projection: bool = False,
                  relation_source: str = 'miner',
                  relation_warmup_iters: int = 0,
+                 oracle_sample: Optional[dict] = None,
                  data_preprocessor: Optional[dict] = None,
                  init_cfg: Optional[Union[List[dict], dict]] = None) -> None:
         teacher_dim = (
@@ -256,6 +265,8 @@ class ReKD(BaseSelfSupervisor):
                              f'{self.RELATION_SOURCES}, got '
                              f'{relation_source!r}')
         self.relation_source = relation_source
+        self.oracle_sample = self._check_oracle_sample(oracle_sample,
+                                                       relation_source)
         if int(relation_warmup_iters) != relation_warmup_iters or \
                 relation_warmup_iters < 0:
             raise ValueError('model.relation_warmup_iters must be an integer '
@@ -314,6 +325,35 @@ class ReKD(BaseSelfSupervisor):
             # centred on the mean of its own global batch, re-normalised.
             self.register_buffer('mining_queue',
                                  torch.zeros(self.teacher_feat_dim, queue_len))
+
+    @staticmethod
+    def _check_oracle_sample(oracle_sample: Optional[dict],
+                             relation_source: str) -> Optional[dict]:
+        """Validate ``model.oracle_sample`` (see the class docstring)."""
+        if oracle_sample is None:
+            return None
+        if relation_source != 'oracle_labels':
+            raise ValueError(
+                'model.oracle_sample draws relations from the labels: it '
+                "needs model.relation_source='oracle_labels', got "
+                f'{relation_source!r} (remove model.oracle_sample to mine)')
+        if not isinstance(oracle_sample, dict) or \
+                set(oracle_sample) != {'precision', 'positives'}:
+            raise ValueError(
+                'model.oracle_sample must be a dict with exactly the keys '
+                "'precision' (float in [0, 1]) and 'positives' (int >= 1), "
+                f'got {oracle_sample!r}')
+        precision = oracle_sample['precision']
+        positives = oracle_sample['positives']
+        if isinstance(precision, bool) or not isinstance(
+                precision, (int, float)) or not 0 <= precision <= 1:
+            raise ValueError('model.oracle_sample.precision must be in '
+                             f'[0, 1], got {precision!r}')
+        if isinstance(positives, bool) or not isinstance(positives, int) \
+                or positives < 1:
+            raise ValueError('model.oracle_sample.positives must be an '
+                             f'integer >= 1, got {positives!r}')
+        return dict(precision=float(precision), positives=positives)
 
     @staticmethod
     def _check_neck_widths(neck: dict, teacher_neck: dict, feat_dim: int,
@@ -793,6 +833,8 @@ class ReKD(BaseSelfSupervisor):
         anchor_assign, _ = self.miner.assign(anchors)
         if self.relation_source == 'oracle_labels':
             pos_mask = self.oracle_relations(labels)
+            if self.oracle_sample is not None:
+                pos_mask = self.sample_oracle_relations(pos_mask)
         else:
             pos_mask = anchor_assign[:, None] == self.queue_assign[None]
             pos_mask &= (anchor_assign >= 0)[:, None]
@@ -812,6 +854,52 @@ class ReKD(BaseSelfSupervisor):
                 "relation_source='miner').")
         # Unwritten slots carry -1 and so never match a real label.
         return labels[:, None] == self.queue_labels[None]
+
+    def sample_oracle_relations(self,
+                                same_class: torch.Tensor) -> torch.Tensor:
+        """Analysis only: relations of a set precision and number
+        (``model.oracle_sample``), drawn from the label-equality mask.
+
+        Each anchor keeps ``m = round(precision * positives)`` random slots
+        of its class and ``positives - m`` random written slots of other
+        classes (fewer when the queue holds fewer). The draw is seeded by
+        the run's seed, the relation clock ``mining_steps`` and the rank: a
+        resumed run draws what an uninterrupted one would, and the global
+        random stream (data augmentation) is left untouched.
+
+        Args:
+            same_class (Tensor): ``(N, L)`` label-equality mask from
+                :meth:`oracle_relations`.
+
+        Returns:
+            Tensor: The ``(N, L)`` bool mask of sampled positives.
+        """
+        positives = self.oracle_sample['positives']
+        num_same = int(round(self.oracle_sample['precision'] * positives))
+        other_class = ~same_class & (self.queue_labels >= 0)[None]
+        # A host read of the clock: acceptable in this analysis mode only.
+        seed = hash((torch.initial_seed(), int(
+            self.mining_steps), get_rank())) % (2**63)
+        generator = torch.Generator(device=same_class.device)
+        generator.manual_seed(seed)
+        scores = torch.rand(
+            same_class.shape, generator=generator, device=same_class.device)
+        return (self._random_subset(same_class, scores, num_same)
+                | self._random_subset(other_class, scores,
+                                      positives - num_same))
+
+    @staticmethod
+    def _random_subset(mask: torch.Tensor, scores: torch.Tensor,
+                       num: int) -> torch.Tensor:
+        """Per row, the ``num`` True entries of ``mask`` with the highest
+        ``scores`` in [0, 1) (all of them when the row has fewer)."""
+        keep = torch.zeros_like(mask)
+        if num == 0:
+            return keep
+        masked = scores.masked_fill(~mask, -1.0)
+        top_score, top_idx = masked.topk(min(num, mask.shape[1]), dim=1)
+        keep.scatter_(1, top_idx, top_score >= 0)
+        return keep
 
     def cap_positives(self, pos_mask: torch.Tensor,
                       similarity: torch.Tensor) -> torch.Tensor:

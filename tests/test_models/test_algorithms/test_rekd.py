@@ -381,3 +381,73 @@ def test__bad_miner_knobs_are_named(key, value):
 def test__bad_warmup_is_named():
     with pytest.raises(ValueError, match='model.relation_warmup_iters'):
         _build(relation_warmup_iters=-1)
+
+
+def _sampled_oracle(precision, positives):
+    model = _bank_ready(
+        relation_source='oracle_labels',
+        oracle_sample=dict(precision=precision, positives=positives))
+    # Slots 0-15 hold classes 0..3 (4 each); slots 5 and 9 never written.
+    model.queue_labels.copy_(torch.arange(16) % 4)
+    model.queue_labels[[5, 9]] = -1
+    return model
+
+
+@pytest.mark.parametrize('precision, positives, same, other',
+                         [(0.5, 4, 2, 2), (1.0, 3, 3, 0), (0.0, 5, 0, 5),
+                          (0.75, 8, 6, 2), (0.25, 4, 1, 3)])
+def test__sampled_oracle_has_the_set_precision_and_number(
+        precision, positives, same, other):
+    model = _sampled_oracle(precision, positives)
+    anchors = torch.tensor([0, 1, 3, 3, 2, 0, 1, 2])
+    mask, _ = model.mine_relations(
+        F.normalize(torch.randn(8, 16), dim=1), labels=anchors)
+    label_equal = anchors[:, None] == model.queue_labels[None]
+    written = model.queue_labels[None] >= 0
+    # Never an unwritten slot; per anchor exactly round(ρ·M) slots of its
+    # class and M - round(ρ·M) of other classes, or all of its class when
+    # the queue holds fewer: (0.75, 8) asks for 6, classes 0, 2 and 3 have 4
+    # written slots, class 1 has 2 (slots 5 and 9 are unwritten).
+    assert not (mask & ~written).any()
+    num_same = (mask & label_equal).sum(1)
+    num_other = (mask & ~label_equal).sum(1)
+    available = (label_equal & written).sum(1)
+    assert torch.equal(num_same, torch.clamp(available, max=same))
+    assert (num_other == other).all()
+
+
+def test__sampled_oracle_draws_per_step_reproducibly():
+    first = _sampled_oracle(0.5, 4)
+    second = _sampled_oracle(0.5, 4)
+    anchors = torch.tensor([0, 1, 3, 3, 2, 0, 1, 2])
+    keys = F.normalize(torch.randn(8, 16), dim=1)
+    state = torch.get_rng_state()
+    mask_a, _ = first.mine_relations(keys, labels=anchors)
+    mask_b, _ = second.mine_relations(keys, labels=anchors)
+    # Same clock, same draw (what a resumed run needs); the global random
+    # stream is untouched.
+    assert torch.equal(mask_a, mask_b)
+    assert torch.equal(torch.get_rng_state(), state)
+    # The next relation step draws anew.
+    first.mining_steps.add_(1)
+    mask_c, _ = first.mine_relations(keys, labels=anchors)
+    assert not torch.equal(mask_a, mask_c)
+
+
+@pytest.mark.parametrize('kwargs, match', [
+    (dict(oracle_sample=dict(precision=0.5, positives=4)),
+     "relation_source='oracle_labels'"),
+    (dict(
+        relation_source='oracle_labels',
+        oracle_sample=dict(precision=1.5,
+                           positives=4)), 'oracle_sample.precision'),
+    (dict(
+        relation_source='oracle_labels',
+        oracle_sample=dict(precision=0.5,
+                           positives=0)), 'oracle_sample.positives'),
+    (dict(relation_source='oracle_labels',
+          oracle_sample=dict(precision=0.5)), "keys 'precision'"),
+])
+def test__bad_oracle_sample_is_named(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        _build(**kwargs)
