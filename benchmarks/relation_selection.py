@@ -1,0 +1,227 @@
+# Copyright (c) rekd_mm contributors. All rights reserved.
+"""How precise relations chosen in a ReKD teacher's space can be: the miner's
+knobs measured offline on a checkpoint's own queue (docs/quality.md,
+"Relation precision").
+
+A ReKD checkpoint holds the teacher's queue in mining space
+(``mining_queue``, or ``teacher_queue`` without centring), the true label of
+every slot (``queue_labels``, logged for statistics only) and the prototype
+bank. Treating every written slot as an anchor and the other slots as its
+candidates, this scores, against the labels, the relations that each
+selection rule would mine from the same keys:
+
+- ``bank``: same prototype of the checkpoint's bank (assignment threshold
+  ``--threshold``, the run's Θ), i.e. what the run itself mined;
+- ``bank + cap m``: the same, keeping the ``m`` most similar positives
+  (``model.miner.max_positives``);
+- ``K = k``: same prototype after re-clustering the queue with spherical
+  k-means into ``k`` prototypes (``model.miner.num_prototypes``);
+- ``nearest n``: the ``n`` most similar slots, with no prototype at all.
+
+Each row gives the pairwise precision (share of relations whose labels
+agree; chance is about 1 / classes), the relations per anchor and the share
+of anchors with at least one. It needs no data and no forward pass; its
+caveat is that the anchors are queued keys, where training mines from the
+fresh keys of the current batch (both are augmented views from the same
+momentum teacher, at most ``queue_len / batch`` iterations apart).
+
+Example::
+
+    python benchmarks/relation_selection.py \\
+        --run rekd_1500 work_dirs/x/iter_1500.pth \\
+        --out benchmarks/results/relation_selection_cifar10.json
+"""
+import argparse
+import os.path as osp
+import sys
+from typing import Dict, List
+
+import torch
+
+sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
+from common import command_line  # noqa: E402
+from common import machine_info, markdown_table, write_results  # noqa: E402
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument(
+        '--run',
+        nargs=2,
+        action='append',
+        required=True,
+        metavar=('NAME', 'CHECKPOINT'),
+        help='a ReKD checkpoint with an initialised bank (repeatable)')
+    parser.add_argument(
+        '--threshold',
+        type=float,
+        default=0.5,
+        help="the runs' assignment threshold Θ (model.miner.threshold)")
+    parser.add_argument(
+        '--num-prototypes',
+        type=int,
+        nargs='+',
+        default=[10, 30, 100, 300, 1000],
+        help='K values to re-cluster the queue with')
+    parser.add_argument(
+        '--caps',
+        type=int,
+        nargs='+',
+        default=[1, 5, 20],
+        help='max_positives values applied to the bank relations')
+    parser.add_argument(
+        '--nearest',
+        type=int,
+        nargs='+',
+        default=[1, 5, 20, 60, 200],
+        help='numbers of nearest slots')
+    parser.add_argument('--seed', type=int, default=0, help='k-means seed')
+    parser.add_argument('--out', help='JSON path (a .md table next to it)')
+    args = parser.parse_args(argv)
+    for name in ('num_prototypes', 'caps', 'nearest'):
+        if min(getattr(args, name)) < 1:
+            parser.error(f"--{name.replace('_', '-')} values must be >= 1")
+    if not -1 <= args.threshold <= 1:
+        parser.error(f'--threshold must lie in [-1, 1], got {args.threshold}')
+    return args
+
+
+def load_queue(checkpoint: str) -> Dict[str, torch.Tensor]:
+    """The written slots of a ReKD checkpoint's teacher queue in mining space,
+    their labels and the bank's prototypes (read with ``weights_only``).
+
+    Raises:
+        KeyError: When the file is not a ReKD checkpoint with labels.
+        ValueError: When its bank was never initialised.
+    """
+    from rekd_mm.utils.checkpoint import load_state_dict_file
+    state = load_state_dict_file(checkpoint)
+    needed = ('teacher_queue', 'queue_labels', 'queue_count',
+              'miner.prototypes', 'miner.initialized')
+    missing = [key for key in needed if key not in state]
+    if missing:
+        raise KeyError(f'{checkpoint!r} is not a ReKD checkpoint: no '
+                       f'{missing} (keys like {list(state)[:4]})')
+    if not bool(state['miner.initialized']):
+        raise ValueError(f'the prototype bank in {checkpoint!r} was never '
+                         'initialised: there are no relations to score')
+    queue = state.get('mining_queue', state['teacher_queue']).float()
+    count = int(state['queue_count'])
+    labels = state['queue_labels'][:count].long()
+    if bool((labels < 0).any()):
+        raise ValueError(f'{checkpoint!r}: some written queue slots have no '
+                         'label (an unlabelled training set): precision '
+                         'cannot be measured')
+    keys = torch.nn.functional.normalize(queue[:, :count].t(), dim=1)
+    return dict(
+        keys=keys, labels=labels, prototypes=state['miner.prototypes'].float())
+
+
+def score_relations(relations: torch.Tensor,
+                    same_label: torch.Tensor) -> Dict[str, float]:
+    """Pairwise precision, relations per anchor and coverage of a ``(L, L)``
+    bool relation mask (no self-relations) against label equality."""
+    pairs = int(relations.sum())
+    per_anchor = relations.sum(1)
+    return dict(
+        precision=(int((relations & same_label).sum()) /
+                   pairs if pairs else float('nan')),
+        positives_per_anchor=float(per_anchor.float().mean()),
+        coverage=float((per_anchor > 0).float().mean()))
+
+
+def same_prototype(keys: torch.Tensor, prototypes: torch.Tensor,
+                   threshold: float) -> torch.Tensor:
+    """``(L, L)`` mask of slot pairs assigned to one prototype (the miner's
+    connection step: best prototype, unassigned below Θ)."""
+    from rekd_mm.models.utils.spherical_kmeans import assign_to_centroids
+    assign, sim = assign_to_centroids(keys, prototypes)
+    assign = torch.where(sim >= threshold, assign, torch.full_like(assign, -1))
+    relations = (assign[:, None] == assign[None]) & (assign >= 0)[:, None]
+    relations.fill_diagonal_(False)
+    return relations
+
+
+def keep_most_similar(relations: torch.Tensor, similarity: torch.Tensor,
+                      num: int) -> torch.Tensor:
+    """Per anchor, the ``num`` related slots most similar to it."""
+    masked = similarity.masked_fill(~relations, float('-inf'))
+    top_sim, top_idx = masked.topk(min(num, relations.shape[1]), dim=1)
+    keep = torch.zeros_like(relations)
+    keep.scatter_(1, top_idx, top_sim > float('-inf'))
+    return keep
+
+
+def selection_rows(queue: Dict[str, torch.Tensor], threshold: float,
+                   num_prototypes: List[int], caps: List[int],
+                   nearest: List[int], seed: int) -> List[Dict]:
+    """Score every selection rule on one checkpoint's queue."""
+    from rekd_mm.models.utils.spherical_kmeans import spherical_kmeans
+    keys, labels = queue['keys'], queue['labels']
+    same_label = labels[:, None] == labels[None]
+    similarity = keys @ keys.t()
+    similarity.fill_diagonal_(float('-inf'))
+    everyone = torch.ones_like(same_label)
+    everyone.fill_diagonal_(False)
+    rows = []
+
+    def add(rule: str, relations: torch.Tensor) -> None:
+        rows.append(dict(rule=rule, **score_relations(relations, same_label)))
+
+    bank = same_prototype(keys, queue['prototypes'], threshold)
+    add(f'bank (K = {len(queue["prototypes"])}, Θ = {threshold:g})', bank)
+    for cap in caps:
+        add(f'bank + cap {cap}', keep_most_similar(bank, similarity, cap))
+    for num in num_prototypes:
+        if num > len(keys):
+            continue
+        centroids, _ = spherical_kmeans(
+            keys, num, seed=seed, distributed=False)
+        add(f'K = {num} (re-clustered)',
+            same_prototype(keys, centroids, threshold))
+    for num in nearest:
+        add(f'nearest {num}', keep_most_similar(everyone, similarity, num))
+    add('chance (every other slot)', everyone)
+    return rows
+
+
+def main(argv=None) -> Dict:
+    args = parse_args(argv)
+    torch.manual_seed(args.seed)
+    results = dict(
+        command=command_line(),
+        machine=machine_info(),
+        settings=dict(
+            threshold=args.threshold,
+            num_prototypes=args.num_prototypes,
+            caps=args.caps,
+            nearest=args.nearest,
+            seed=args.seed),
+        runs={})
+    lines = []
+    for name, checkpoint in args.run:
+        queue = load_queue(checkpoint)
+        rows = selection_rows(queue, args.threshold, args.num_prototypes,
+                              args.caps, args.nearest, args.seed)
+        results['runs'][name] = dict(
+            checkpoint=checkpoint, slots=len(queue['keys']), rows=rows)
+        table = markdown_table(
+            ['rule', 'precision', 'relations / anchor', 'coverage'], [[
+                r['rule'], r['precision'], r['positives_per_anchor'],
+                r['coverage']
+            ] for r in rows])
+        lines += [
+            f'### {name} ({len(queue["keys"])} slots, `{checkpoint}`)', '',
+            table, ''
+        ]
+        print(lines[-4], table, sep='\n')
+    markdown = '\n'.join([
+        '# Relation selection on the teacher queue', '', *lines,
+        f'Command: `{results["command"]}`'
+    ])
+    write_results(args.out, results, markdown)
+    return results
+
+
+if __name__ == '__main__':
+    main()

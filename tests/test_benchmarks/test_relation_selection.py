@@ -1,0 +1,83 @@
+# Copyright (c) rekd_mm contributors. All rights reserved.
+"""benchmarks/relation_selection.py on a hand-made queue whose relation
+precisions are known in closed form."""
+import json
+import os.path as osp
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tests.scripts import load_script
+from tests.toy_configs import REPO_ROOT
+
+SCRIPT = osp.join(REPO_ROOT, 'benchmarks', 'relation_selection.py')
+
+
+@pytest.fixture(scope='module')
+def selection():
+    return load_script(SCRIPT)
+
+
+def _checkpoint(path, initialized=True, with_labels=True):
+    """Two tight clusters of 4 slots around e0 and e1 (+ 2 unwritten slots).
+    Slot 3 sits in cluster e0 but is labelled 1: cluster e0 holds labels
+    [0, 0, 0, 1], cluster e1 holds [1, 1, 1, 1]."""
+    gen = torch.Generator().manual_seed(0)
+    centres = torch.eye(4)[:2]
+    keys = centres.repeat_interleave(4, 0) + 0.01 * torch.randn(
+        8, 4, generator=gen)
+    keys = F.normalize(keys, dim=1)
+    queue = torch.zeros(4, 10)
+    queue[:, :8] = keys.t()
+    labels = torch.tensor([0, 0, 0, 1, 1, 1, 1, 1, -1, -1])
+    state = {
+        'teacher_queue': queue,
+        'mining_queue': queue,
+        'queue_count': torch.tensor(8),
+        'miner.prototypes': centres,
+        'miner.initialized': torch.tensor(initialized),
+    }
+    if with_labels:
+        state['queue_labels'] = labels
+    torch.save({'state_dict': state, 'meta': {}}, path)
+    return str(path)
+
+
+def test__precisions_match_the_closed_form(selection, tmp_path):
+    ckpt = _checkpoint(tmp_path / 'iter_8.pth')
+    out = tmp_path / 'sel.json'
+    results = selection.main([
+        '--run', 'toy', ckpt, '--num-prototypes', '2', '--caps', '1',
+        '--nearest', '3', '--out',
+        str(out)
+    ])
+    rows = {r['rule']: r for r in results['runs']['toy']['rows']}
+    # Same prototype: each cluster has C(4,2) = 6 pairs, 12 ordered pairs
+    # per cluster; agreeing ordered pairs: 3·2 in cluster e0, 4·3 in e1.
+    bank = rows['bank (K = 2, Θ = 0.5)']
+    assert bank['precision'] == pytest.approx((6 + 12) / 24)
+    assert bank['positives_per_anchor'] == 3 and bank['coverage'] == 1
+    # Re-clustering into K = 2 finds the same two clusters.
+    assert rows['K = 2 (re-clustered)']['precision'] == pytest.approx(18 / 24)
+    # The 3 nearest slots are the anchor's cluster: the same relations.
+    assert rows['nearest 3']['precision'] == pytest.approx(18 / 24)
+    # Chance: agreeing ordered pairs among all 8·7: 3·2 + 5·4 = 26.
+    assert rows['chance (every other slot)']['precision'] == pytest.approx(26 /
+                                                                           56)
+    assert rows['bank + cap 1']['positives_per_anchor'] == 1
+    written = json.loads(out.read_text())
+    assert written['runs']['toy']['slots'] == 8
+    assert osp.exists(tmp_path / 'sel.md')
+
+
+def test__uninitialised_bank_and_missing_labels_are_refused(
+        selection, tmp_path):
+    with pytest.raises(ValueError, match='never initialised'):
+        selection.main(
+            ['--run', 'x',
+             _checkpoint(tmp_path / 'a.pth', initialized=False)])
+    with pytest.raises(KeyError, match='queue_labels'):
+        selection.main(
+            ['--run', 'x',
+             _checkpoint(tmp_path / 'b.pth', with_labels=False)])
