@@ -175,24 +175,29 @@ def _load_previous(out: str, settings: Dict) -> Dict:
 
 
 def build_markdown(results: Dict) -> str:
-    """One row per arm: its overrides, the student's kNN at every point,
+    """One row per arm: its overrides (and config, when the arms carry
+    their own, see ``regime_merge.py``), the student's kNN at every point,
     the final loss and the wall time."""
     arms = results['arms']
+    per_arm_config = any('config' in arm for arm in arms.values())
     steps = sorted({
         step
         for arm in arms.values()
         for step, _ in arm['curves']['knn/student_top1']
     })
-    headers = ['arm', 'overrides'] + [f'kNN@{s}' for s in steps] + [
-        'teacher kNN (last)', 'loss (last)', 'wall (min)'
-    ]
+    headers = ['arm'] + (['config'] if per_arm_config else []) + [
+        'overrides'
+    ] + [f'kNN@{s}'
+         for s in steps] + ['teacher kNN (last)', 'loss (last)', 'wall (min)']
     rows = []
     for name, arm in arms.items():
         student = dict(map(tuple, arm['curves']['knn/student_top1']))
         teacher = arm['curves']['knn/teacher_top1']
         loss = arm['curves']['loss']
+        config = [f"`{osp.basename(arm.get('config', ''))}`"
+                  ] if per_arm_config else []
         rows.append([
-            name, ' '.join(arm['options']) or '(config as is)',
+            name, *config, ' '.join(arm['options']) or '(config as is)',
             *[f'{student[s]:.2f}' if s in student else ''
               for s in steps], f'{teacher[-1][1]:.2f}' if teacher else '',
             f'{loss[-1][1]:.3f}' if loss else '', f"{arm['wall_s'] / 60:.1f}"
