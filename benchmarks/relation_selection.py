@@ -12,6 +12,8 @@ selection rule would mine from the same keys:
 
 - ``bank``: same prototype of the checkpoint's bank (assignment threshold
   ``--threshold``, the run's Θ), i.e. what the run itself mined;
+- ``bank, Θ = t``: the same bank with a stricter assignment threshold
+  (``model.miner.threshold``; anchors below it mine nothing);
 - ``bank + cap m``: the same, keeping the ``m`` most similar positives
   (``model.miner.max_positives``);
 - ``K = k``: same prototype after re-clustering the queue with spherical
@@ -58,6 +60,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         default=0.5,
         help="the runs' assignment threshold Θ (model.miner.threshold)")
     parser.add_argument(
+        '--thresholds',
+        type=float,
+        nargs='+',
+        default=[0.7, 0.8, 0.9],
+        help='stricter thresholds Θ to apply to the bank')
+    parser.add_argument(
         '--num-prototypes',
         type=int,
         nargs='+',
@@ -81,8 +89,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     for name in ('num_prototypes', 'caps', 'nearest'):
         if min(getattr(args, name)) < 1:
             parser.error(f"--{name.replace('_', '-')} values must be >= 1")
-    if not -1 <= args.threshold <= 1:
-        parser.error(f'--threshold must lie in [-1, 1], got {args.threshold}')
+    for value in [args.threshold, *args.thresholds]:
+        if not -1 <= value <= 1:
+            parser.error(f'thresholds must lie in [-1, 1], got {value}')
     return args
 
 
@@ -119,13 +128,15 @@ def load_queue(checkpoint: str) -> Dict[str, torch.Tensor]:
 
 def score_relations(relations: torch.Tensor,
                     same_label: torch.Tensor) -> Dict[str, float]:
-    """Pairwise precision, relations per anchor and coverage of a ``(L, L)``
-    bool relation mask (no self-relations) against label equality."""
+    """Pairwise precision (None without relations), relations per anchor and
+    coverage of a ``(L, L)`` bool relation mask (no self-relations) against
+    label equality."""
     pairs = int(relations.sum())
     per_anchor = relations.sum(1)
     return dict(
-        precision=(int((relations & same_label).sum()) /
-                   pairs if pairs else float('nan')),
+        # None (null in the JSON) when no relation is mined.
+        precision=(int(
+            (relations & same_label).sum()) / pairs if pairs else None),
         positives_per_anchor=float(per_anchor.float().mean()),
         coverage=float((per_anchor > 0).float().mean()))
 
@@ -153,8 +164,9 @@ def keep_most_similar(relations: torch.Tensor, similarity: torch.Tensor,
 
 
 def selection_rows(queue: Dict[str, torch.Tensor], threshold: float,
-                   num_prototypes: List[int], caps: List[int],
-                   nearest: List[int], seed: int) -> List[Dict]:
+                   thresholds: List[float], num_prototypes: List[int],
+                   caps: List[int], nearest: List[int],
+                   seed: int) -> List[Dict]:
     """Score every selection rule on one checkpoint's queue."""
     from rekd_mm.models.utils.spherical_kmeans import spherical_kmeans
     keys, labels = queue['keys'], queue['labels']
@@ -170,6 +182,9 @@ def selection_rows(queue: Dict[str, torch.Tensor], threshold: float,
 
     bank = same_prototype(keys, queue['prototypes'], threshold)
     add(f'bank (K = {len(queue["prototypes"])}, Θ = {threshold:g})', bank)
+    for value in thresholds:
+        add(f'bank, Θ = {value:g}',
+            same_prototype(keys, queue['prototypes'], value))
     for cap in caps:
         add(f'bank + cap {cap}', keep_most_similar(bank, similarity, cap))
     for num in num_prototypes:
@@ -193,6 +208,7 @@ def main(argv=None) -> Dict:
         machine=machine_info(),
         settings=dict(
             threshold=args.threshold,
+            thresholds=args.thresholds,
             num_prototypes=args.num_prototypes,
             caps=args.caps,
             nearest=args.nearest,
@@ -201,8 +217,9 @@ def main(argv=None) -> Dict:
     lines = []
     for name, checkpoint in args.run:
         queue = load_queue(checkpoint)
-        rows = selection_rows(queue, args.threshold, args.num_prototypes,
-                              args.caps, args.nearest, args.seed)
+        rows = selection_rows(queue, args.threshold, args.thresholds,
+                              args.num_prototypes, args.caps, args.nearest,
+                              args.seed)
         results['runs'][name] = dict(
             checkpoint=checkpoint, slots=len(queue['keys']), rows=rows)
         table = markdown_table(

@@ -49,7 +49,7 @@ def test__precisions_match_the_closed_form(selection, tmp_path):
     out = tmp_path / 'sel.json'
     results = selection.main([
         '--run', 'toy', ckpt, '--num-prototypes', '2', '--caps', '1',
-        '--nearest', '3', '--out',
+        '--thresholds', '1.0', '--nearest', '3', '--out',
         str(out)
     ])
     rows = {r['rule']: r for r in results['runs']['toy']['rows']}
@@ -66,6 +66,10 @@ def test__precisions_match_the_closed_form(selection, tmp_path):
     assert rows['chance (every other slot)']['precision'] == pytest.approx(26 /
                                                                            56)
     assert rows['bank + cap 1']['positives_per_anchor'] == 1
+    # Θ = 1 leaves the perturbed keys unassigned: no relation, no anchor.
+    strict = rows['bank, Θ = 1']
+    assert strict['positives_per_anchor'] == 0 and strict['coverage'] == 0
+    assert strict['precision'] is None
     written = json.loads(out.read_text())
     assert written['runs']['toy']['slots'] == 8
     assert osp.exists(tmp_path / 'sel.md')
