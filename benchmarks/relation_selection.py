@@ -153,26 +153,15 @@ def same_prototype(keys: torch.Tensor, prototypes: torch.Tensor,
     return relations
 
 
-def keep_most_similar(relations: torch.Tensor, similarity: torch.Tensor,
-                      num: int) -> torch.Tensor:
-    """Per anchor, the ``num`` related slots most similar to it."""
-    masked = similarity.masked_fill(~relations, float('-inf'))
-    top_sim, top_idx = masked.topk(min(num, relations.shape[1]), dim=1)
-    keep = torch.zeros_like(relations)
-    keep.scatter_(1, top_idx, top_sim > float('-inf'))
-    return keep
-
-
 def selection_rows(queue: Dict[str, torch.Tensor], threshold: float,
                    thresholds: List[float], num_prototypes: List[int],
                    caps: List[int], nearest: List[int],
                    seed: int) -> List[Dict]:
     """Score every selection rule on one checkpoint's queue."""
-    from rekd_mm.models.utils.spherical_kmeans import spherical_kmeans
+    from rekd_mm.models.utils import spherical_kmeans, top_k_of_mask
     keys, labels = queue['keys'], queue['labels']
     same_label = labels[:, None] == labels[None]
     similarity = keys @ keys.t()
-    similarity.fill_diagonal_(float('-inf'))
     everyone = torch.ones_like(same_label)
     everyone.fill_diagonal_(False)
     rows = []
@@ -186,7 +175,7 @@ def selection_rows(queue: Dict[str, torch.Tensor], threshold: float,
         add(f'bank, Θ = {value:g}',
             same_prototype(keys, queue['prototypes'], value))
     for cap in caps:
-        add(f'bank + cap {cap}', keep_most_similar(bank, similarity, cap))
+        add(f'bank + cap {cap}', top_k_of_mask(bank, similarity, cap))
     for num in num_prototypes:
         if num > len(keys):
             continue
@@ -195,7 +184,7 @@ def selection_rows(queue: Dict[str, torch.Tensor], threshold: float,
         add(f'K = {num} (re-clustered)',
             same_prototype(keys, centroids, threshold))
     for num in nearest:
-        add(f'nearest {num}', keep_most_similar(everyone, similarity, num))
+        add(f'nearest {num}', top_k_of_mask(everyone, similarity, num))
     add('chance (every other slot)', everyone)
     return rows
 

@@ -17,6 +17,7 @@ from ..utils.batch_shuffle import (gather_shuffled, gather_unshuffled,
 from ..utils.ema import SyncFreeEMA
 from ..utils.prototype_bank import PrototypeBank, count_used
 from ..utils.split_batch_norm import SplitBatchNorm, has_split_batch_norm
+from ..utils.top_k_mask import top_k_of_mask
 
 
 @MODELS.register_module()
@@ -884,22 +885,8 @@ class ReKD(BaseSelfSupervisor):
         generator.manual_seed(seed)
         scores = torch.rand(
             same_class.shape, generator=generator, device=same_class.device)
-        return (self._random_subset(same_class, scores, num_same)
-                | self._random_subset(other_class, scores,
-                                      positives - num_same))
-
-    @staticmethod
-    def _random_subset(mask: torch.Tensor, scores: torch.Tensor,
-                       num: int) -> torch.Tensor:
-        """Per row, the ``num`` True entries of ``mask`` with the highest
-        ``scores`` in [0, 1) (all of them when the row has fewer)."""
-        keep = torch.zeros_like(mask)
-        if num == 0:
-            return keep
-        masked = scores.masked_fill(~mask, -1.0)
-        top_score, top_idx = masked.topk(min(num, mask.shape[1]), dim=1)
-        keep.scatter_(1, top_idx, top_score >= 0)
-        return keep
+        return (top_k_of_mask(same_class, scores, num_same)
+                | top_k_of_mask(other_class, scores, positives - num_same))
 
     def cap_positives(self, pos_mask: torch.Tensor,
                       similarity: torch.Tensor) -> torch.Tensor:
@@ -913,13 +900,7 @@ class ReKD(BaseSelfSupervisor):
         Returns:
             Tensor: The ``(N, L)`` capped mask (a subset of ``pos_mask``).
         """
-        k = min(int(self.max_positives), pos_mask.shape[1])
-        masked = similarity.float().masked_fill(~pos_mask, float('-inf'))
-        top_sim, top_idx = masked.topk(k, dim=1)
-        keep = torch.zeros_like(pos_mask)
-        # Rows with fewer than k positives pick some -inf slots: drop them.
-        keep.scatter_(1, top_idx, top_sim > float('-inf'))
-        return keep
+        return top_k_of_mask(pos_mask, similarity, self.max_positives)
 
     def relation_scale(self) -> torch.Tensor:
         """The warm-up factor of the mined positives' weight, in [0, 1]
