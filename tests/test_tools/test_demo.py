@@ -19,7 +19,7 @@ def test__demo_prints_untrained_next_to_trained_knn(tmp_path):
         str(work), '--threads', '1', '--knn-max-train', '200', '--knn-max-val',
         '100', '--cfg-options', 'train_cfg.max_iters=4',
         'train_dataloader.batch_size=8', 'model.queue_len=64',
-        'model.miner.num_prototypes=8', 'custom_hooks.0.init_iter=2',
+        'model.miner.num_prototypes=8', 'custom_hooks.1.init_iter=2',
         'train_dataloader.num_workers=0',
         'train_dataloader.persistent_workers=False',
         'knn_train_dataloader.num_workers=0',
