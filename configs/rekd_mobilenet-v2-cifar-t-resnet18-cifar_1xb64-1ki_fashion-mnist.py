@@ -4,5 +4,6 @@
 # student, half-width ResNet-18 (CIFAR stem) online teacher, 32 px. Measured
 # (regime search, seed 0, subset kNN): the student ends above its own
 # initialisation, where the 400-iteration demo of session 2 ended below it.
-_base_ = './rekd_mobilenet-v2-cifar-t-resnet18-cifar_1xb64-4ki_fashion-mnist.py'
+_base_ = ('./rekd_mobilenet-v2-cifar-t-resnet18-cifar_'
+          '1xb64-4ki_fashion-mnist.py')
 train_cfg = dict(max_iters=1000)
