@@ -17,7 +17,8 @@ temperature, data, augmentations, batch and schedule. Then:
   (``relation_precision``: share of mined positive pairs whose true classes
   agree; ``proto_in_use``; ``relation_pos_per_anchor``), read per logged
   iteration from the run's ``vis_data/scalars.json``;
-- the wall time of every run.
+- the wall time of every run, and its training loop's time summed from the
+  logged iteration times (comparable when a run was split across sessions).
 
 Variants (``--variants``):
 
@@ -70,7 +71,8 @@ from common import (  # noqa: E402
     command_line, git_dirty, machine_info, markdown_table, variant_colours)
 from train_runs import (  # noqa: E402
     DATASETS, REGIME_ITERS, REGIMES, REPO_ROOT, check_data, dataset_options,
-    last_checkpoint, load_cfg, read_all_scalars, read_scalars, run_train)
+    last_checkpoint, load_cfg, read_all_scalars, read_scalars, run_train,
+    train_loop_seconds)
 # isort: on
 
 __all__ = [
@@ -297,7 +299,7 @@ def build_markdown(results: Dict) -> str:
     headers = [
         'dataset', 'variant', f'student kNN top-1 (k={knn_k})', 'Δ vs MoCo v2',
         'student probe top-1', f'teacher kNN top-1 (k={knn_k})',
-        'teacher probe top-1', 'relation precision (last)', 'train time (s)'
+        'teacher probe top-1', 'relation precision (last)', 'train loop (min)'
     ]
     rows = []
     for rec in records:
@@ -309,7 +311,8 @@ def build_markdown(results: Dict) -> str:
             _fmt(rec.get('teacher_knn_top1')),
             _fmt(rec.get('teacher_probe_top1')),
             _fmt(rec.get('relation_precision_last'), 3),
-            _fmt(rec.get('train_wall_s'), 1)
+            _fmt(rec['train_loop_s'] /
+                 60, 1) if rec.get('train_loop_s') is not None else None
         ])
     knn_sizes = ', '.join(
         sorted({
@@ -333,7 +336,10 @@ def build_markdown(results: Dict) -> str:
         'centred), `supervised` (labels + cross-entropy, same budget). '
         '`_oracle` variants take their relations from the labels (analysis '
         'upper bound). Relation precision: share of mined positive pairs of '
-        'the same class, last logged value (window mean).',
+        'the same class, last logged value (window mean). Train loop: the '
+        'logged iteration times summed, every iteration once (a run split '
+        'across sessions counts like an uncut one; start-up and scoring '
+        'excluded).',
         '',
         *[
             f'Command: `{command}`  '
@@ -711,6 +717,8 @@ def _training_summary(rec: Dict, entries: List[dict]) -> None:
         times = [float(e['time']) for e in train_entries if 'time' in e]
         rec['iter_time_s_median'] = sorted(times)[len(times) //
                                                   2] if times else None
+    # Comparable whether or not the run was split across sessions.
+    rec['train_loop_s'] = train_loop_seconds(entries)
     if rec['algorithm'] == 'rekd':
         rec['relation'] = relation_series(entries)
         precision = rec['relation']['relation_precision']

@@ -4,7 +4,7 @@
 Reads the per-seed result files of ``benchmarks/quality.py`` (one JSON per
 data set and seed, same regime and budget) and writes, per data set and
 variant, the mean and sample standard deviation of the student's kNN top-1
-and linear-probe top-1, the teacher's, and the training wall time; the
+and linear-probe top-1, the teacher's, and the training loop's time; the
 difference of every variant to MoCo v2 with twice the pooled standard
 deviation, and whether the issue's target holds (Δ ≥ 3 kNN points and
 Δ > 2 pooled std). Output: JSON, Markdown (``.md``) and a bar plot
@@ -30,7 +30,7 @@ sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 from common import command_line, markdown_table, variant_colours  # noqa: E402
 
 METRICS = ('student_knn_top1', 'student_probe_top1', 'teacher_knn_top1',
-           'teacher_probe_top1', 'train_wall_s')
+           'teacher_probe_top1', 'train_wall_s', 'train_loop_s')
 TARGET_DELTA = 3.0
 
 
@@ -106,16 +106,23 @@ def summarise(result_files: List[dict]) -> Dict:
     return dict(regime=regime, iters=iters, rows=rows)
 
 
-def _cell(stat: Optional[Dict]) -> str:
+def _cell(stat: Optional[Dict], digits: int = 2) -> str:
     if not stat:
         return '-'
-    return f"{stat['mean']:.2f} ± {stat['std']:.2f} (n={stat['n']})"
+    return (f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f} "
+            f"(n={stat['n']})")
+
+
+def _minutes(stat: Optional[Dict]) -> Optional[Dict]:
+    if not stat:
+        return None
+    return dict(stat, mean=stat['mean'] / 60, std=stat['std'] / 60)
 
 
 def build_markdown(summary: Dict, command: str, files: List[str]) -> str:
     headers = [
         'dataset', 'variant', 'student kNN', 'Δ kNN vs MoCo v2 (2·pooled std)',
-        'student probe', 'Δ probe', 'teacher kNN', 'train time (s)'
+        'student probe', 'Δ probe', 'teacher kNN', 'train loop (min)'
     ]
     rows = []
     for row in summary['rows']:
@@ -130,7 +137,7 @@ def build_markdown(summary: Dict, command: str, files: List[str]) -> str:
             _cell(row.get('student_knn_top1')), deltas[0],
             _cell(row.get('student_probe_top1')), deltas[1],
             _cell(row.get('teacher_knn_top1')),
-            _cell(row.get('train_wall_s'))
+            _cell(_minutes(row.get('train_loop_s')), digits=1)
         ])
     return '\n'.join([
         f"# Quality, mean ± std over seeds ({summary['regime']} regime, "
@@ -138,8 +145,10 @@ def build_markdown(summary: Dict, command: str, files: List[str]) -> str:
         markdown_table(headers, rows), '',
         f'✓: Δ ≥ {TARGET_DELTA} kNN points and Δ > 2 × pooled std, with at '
         'least two seeds on each side (the target of issue #12). Per-seed '
-        'tables: ' + ', '.join(f'`{osp.basename(f)}`' for f in files) + '.',
-        '', f'Command: `{command}`'
+        'tables: ' + ', '.join(f'`{osp.basename(f)}`' for f in files) +
+        '. Train loop: the logged iteration times summed (start-up and '
+        'scoring excluded; a run split across sessions counts like an uncut '
+        'one).', '', f'Command: `{command}`'
     ]) + '\n'
 
 

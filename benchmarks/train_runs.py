@@ -382,6 +382,38 @@ def read_all_scalars(work_dir: str) -> List[dict]:
     return entries
 
 
+def train_loop_seconds(entries: List[dict]) -> Optional[float]:
+    """Time the training loop took, summed from its logged iteration times.
+
+    The process wall time of a run split across sessions counts only its
+    last part, and an interrupted part repeats the iterations after its last
+    checkpoint. mmengine logs, every ``logger.interval`` iterations, the mean
+    time of the iterations since its last log (``time``), so time ×
+    iterations summed over the logged points is the loop's time without
+    start-up and evaluation. Where a resumed part logs an iteration that an
+    interrupted part had logged too, the later entry replaces the earlier:
+    every iteration counts once, as in a run that was never cut.
+
+    Args:
+        entries (list[dict]): Logged entries, oldest part first (as
+            :func:`read_all_scalars` returns them).
+
+    Returns:
+        float or None: Seconds, or None when no entry has an iteration time.
+    """
+    time_at_iter = {}
+    for entry in entries:
+        if 'iter' in entry and 'time' in entry:
+            time_at_iter[int(entry['iter'])] = float(entry['time'])
+    if not time_at_iter:
+        return None
+    total, previous = 0., 0
+    for it in sorted(time_at_iter):
+        total += time_at_iter[it] * (it - previous)
+        previous = it
+    return total
+
+
 def load_cfg(config: str, options: List[str]):
     """The config with ``key=value`` overrides, as tools/train.py builds it
     (an evaluation of the run needs the same backbone and data roots).

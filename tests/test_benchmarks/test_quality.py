@@ -131,6 +131,8 @@ def test__end_to_end_on_fashion_mnist(tmp_path):
         if name in TRAINED:
             assert rec['checkpoint'].endswith(f'iter_{ITERS}.pth')
             assert rec['train_wall_s'] > 0
+            # Logged every iteration here: the loop time is their sum.
+            assert 0 < rec['train_loop_s'] < rec['train_wall_s']
             assert rec['knn']['student']['prefix'] == 'backbone.'
         else:
             assert rec['train_wall_s'] == 0 and 'checkpoint' not in rec

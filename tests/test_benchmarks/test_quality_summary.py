@@ -25,7 +25,8 @@ def _result(seed, knn, iters=2000):
                 variant=v,
                 student_knn_top1=k,
                 student_probe_top1=k + 1,
-                train_wall_s=10.0) for v, k in knn.items()
+                train_wall_s=10.0,
+                train_loop_s=6.0 * k) for v, k in knn.items()
         ])
 
 
@@ -52,6 +53,8 @@ def test__mean_std_and_target_against_a_hand_computation(
     assert delta['target_met']
     md = (tmp_path / 'summary.md').read_text()
     assert '55.00 ± 1.00 (n=3)' in md and '+4.00 (2.00) ✓' in md
+    # Loop time in minutes: 6 s per kNN point, i.e. 0.1 × the kNN mean.
+    assert '5.5 ± 0.1 (n=3)' in md
     assert (tmp_path / 'summary.png').read_bytes()[:4] == b'\x89PNG'
 
 

@@ -73,3 +73,23 @@ def test__timeout_stops_the_training(tmp_path, monkeypatch):
     with pytest.raises(subprocess.TimeoutExpired):
         train_runs.run_train('config.py', work_dir, [], 1, timeout=3)
     assert _gone(_wait_for(osp.join(work_dir, 'pid')))
+
+
+def test__train_loop_seconds_counts_every_iteration_once(tmp_path):
+    train_runs = load_script(SCRIPT)
+    # Logged every 50 iterations: an interrupted part to 150 (checkpoint at
+    # 100), then its resumption from 100 to 200; an evaluation entry has no
+    # iteration time.
+    interrupted = [
+        dict(iter=50, time=1.0),
+        dict(iter=100, time=2.0),
+        dict(iter=150, time=9.0),
+    ]
+    resumed = [
+        dict(iter=150, time=3.0),
+        dict(step=150, accuracy=10.0),
+        dict(iter=200, time=4.0),
+    ]
+    # 50 × (1 + 2 + 3 + 4): the resumed part's 150 replaces the cut one's.
+    assert train_runs.train_loop_seconds(interrupted + resumed) == 500.0
+    assert train_runs.train_loop_seconds([dict(step=1, accuracy=1.0)]) is None
