@@ -9,8 +9,9 @@ what they logged: shared by ``quality.py`` and ``regime_search.py``.
   directory (:func:`latest_log_dir`) and its last checkpoint
   (:func:`last_checkpoint`);
 - the entries of its ``vis_data/scalars.json`` (:func:`read_scalars`,
-  :func:`read_all_scalars`) and the config with overrides as the run built
-  it (:func:`load_cfg`).
+  :func:`read_all_scalars`), the training loop's time they add up to
+  (:func:`train_loop_seconds`) and the config with overrides as the run
+  built it (:func:`load_cfg`).
 
 Kept free of torch at import time, like ``common.py``: the training runs
 are subprocesses, and ``mmengine`` is imported where a config is read.
@@ -31,7 +32,7 @@ __all__ = [
     'REPO_ROOT', 'TRAIN_SCRIPT', 'REGIMES', 'REGIME_ITERS', 'DATASETS',
     'dataset_options', 'check_data', 'run_train', 'wait_or_stop',
     'latest_log_dir', 'last_checkpoint', 'read_scalars', 'read_all_scalars',
-    'load_cfg'
+    'train_loop_seconds', 'load_cfg'
 ]
 
 REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
