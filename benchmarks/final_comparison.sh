@@ -1,0 +1,109 @@
+#!/usr/bin/env bash
+# Copyright (c) rekd_mm contributors. All rights reserved.
+#
+# The final comparison of issue #12 (docs/quality.md): every arm of
+# `benchmarks/quality.py --regime small4k`, two at a time (one per core of
+# the project's 2-core machines), each into its own result file
+# benchmarks/results/quality_small4k_<dataset>_seed<S>_<variant>.json so that
+# two runs never write one file.
+#
+# A study of ~24 arms of 1-2 core-hours each spans sessions: run this again
+# and it goes on where it stopped. Arms whose file already holds their record
+# are skipped; an interrupted arm continues from its last checkpoint
+# (quality.py --resume, checkpoints every 500 iterations). Then the summary:
+#   python benchmarks/quality_summary.py \
+#       benchmarks/results/quality_small4k_*_seed*_*.json \
+#       --out benchmarks/results/quality_small4k_summary.json
+#
+# Usage: bash benchmarks/final_comparison.sh [--dry-run] [--jobs N]
+#   --dry-run  print the arms still to run, in order, and exit
+#   --jobs N   arms at a time (default 2)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-.venv/bin/python}
+RESULTS=${RESULTS:-benchmarks/results}
+WORK=${WORK:-work_dirs/quality_small4k}  # + _seed<S>/<dataset>/<variant>
+DRY_RUN=0
+JOBS=2
+while [ $# -gt 0 ]; do
+  case $1 in
+    --dry-run) DRY_RUN=1 ;;
+    --jobs) JOBS=$2; shift ;;
+    *) echo "final_comparison.sh: unknown argument $1" >&2; exit 2 ;;
+  esac
+  shift
+done
+
+# Order: what answers the most first. Seed 0 of MoCo v2 and ReKD on both
+# data sets, then the ablation and the oracle, then the reference rows (kNN
+# and probe only, except the supervised ceiling), then seeds 1 and 2.
+plan() {
+  local seed dataset variant
+  for seed in 0 1 2; do
+    for variant in mocov2 rekd rekd_no_relation rekd_oracle; do
+      for dataset in cifar10 fashion-mnist; do
+        echo "$dataset $seed $variant"
+      done
+    done
+    if [ "$seed" = 0 ]; then
+      for variant in untrained pixels supervised; do
+        for dataset in cifar10 fashion-mnist; do
+          echo "$dataset $seed $variant"
+        done
+      done
+    fi
+  done
+}
+
+result_file() { echo "$RESULTS/quality_small4k_$1_seed$2_$3.json"; }
+
+# Whether the arm's result file holds its record (a finished arm).
+finished() {
+  local file
+  file=$(result_file "$1" "$2" "$3")
+  [ -f "$file" ] && "$PYTHON" - "$file" "$1" "$3" <<'EOF'
+import json
+import sys
+
+path, dataset, variant = sys.argv[1:]
+with open(path) as f:
+    records = json.load(f).get('records', [])
+sys.exit(0 if any(r.get('dataset') == dataset and r.get('variant') == variant
+                  for r in records) else 1)
+EOF
+}
+
+arm() {
+  local dataset=$1 seed=$2 variant=$3
+  mkdir -p "${WORK}_logs"
+  echo "[$(date -u +%H:%M)] start  $dataset seed $seed $variant"
+  if "$PYTHON" benchmarks/quality.py --regime small4k --datasets "$dataset" \
+      --variants "$variant" --seed "$seed" --threads 1 \
+      --work-root "${WORK}_seed$seed" \
+      --out "$(result_file "$dataset" "$seed" "$variant")" --resume \
+      > "${WORK}_logs/${dataset}_seed${seed}_${variant}.log" 2>&1; then
+    echo "[$(date -u +%H:%M)] done   $dataset seed $seed $variant"
+  else
+    echo "[$(date -u +%H:%M)] FAILED $dataset seed $seed $variant:" \
+      "${WORK}_logs/${dataset}_seed${seed}_${variant}.log" >&2
+    return 1
+  fi
+}
+
+todo=$(plan | while read -r dataset seed variant; do
+  finished "$dataset" "$seed" "$variant" || echo "$dataset $seed $variant"
+done)
+if [ "$DRY_RUN" = 1 ]; then
+  [ -n "$todo" ] && echo "$todo"
+  exit 0
+fi
+[ -z "$todo" ] && { echo 'every arm is finished'; exit 0; }
+# Two copies would train the same arms into the same work dirs.
+exec 9> "${WORK}.lock"
+flock -n 9 || { echo "final_comparison.sh: another copy is running" \
+  "(${WORK}.lock)" >&2; exit 1; }
+export -f arm result_file
+export PYTHON RESULTS WORK
+# One arm per line; a failed arm is reported and the others go on.
+echo "$todo" | xargs -P "$JOBS" -L 1 bash -c 'arm "$@"' _

@@ -1,0 +1,95 @@
+# Copyright (c) rekd_mm contributors. All rights reserved.
+"""benchmarks/final_comparison.sh: the plan, the skipping of finished arms,
+and the quality.py command of every arm (with a stand-in for quality.py)."""
+import json
+import os
+import os.path as osp
+import subprocess
+import sys
+import textwrap
+
+from tests.toy_configs import REPO_ROOT
+
+SCRIPT = osp.join(REPO_ROOT, 'benchmarks', 'final_comparison.sh')
+VARIANTS = ('mocov2', 'rekd', 'rekd_no_relation', 'rekd_oracle')
+DATASETS = ('cifar10', 'fashion-mnist')
+
+
+def _run(tmp_path, *args, python=sys.executable):
+    env = dict(
+        os.environ,
+        PYTHON=python,
+        RESULTS=str(tmp_path / 'results'),
+        WORK=str(tmp_path / 'work'))
+    return subprocess.run(['bash', SCRIPT, *args],
+                          env=env,
+                          capture_output=True,
+                          text=True,
+                          timeout=300)
+
+
+def _result(tmp_path, dataset, seed, variant, records):
+    path = tmp_path / 'results' / (f'quality_small4k_{dataset}_seed{seed}_'
+                                   f'{variant}.json')
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(json.dumps(dict(records=records)))
+
+
+def test__plan_order_and_finished_arms_skipped(tmp_path):
+    plan = _run(tmp_path, '--dry-run').stdout.split('\n')[:-1]
+    # 3 seeds × 4 variants × 2 data sets, and 3 reference rows × 2 for
+    # seed 0 only.
+    assert len(plan) == 3 * 4 * 2 + 3 * 2
+    assert plan[:4] == [
+        'cifar10 0 mocov2', 'fashion-mnist 0 mocov2', 'cifar10 0 rekd',
+        'fashion-mnist 0 rekd'
+    ]
+    assert plan[-1] == 'fashion-mnist 2 rekd_oracle'
+    assert 'cifar10 1 supervised' not in plan
+    # A finished arm's file holds its record; a file with another record
+    # (e.g. written by hand) does not make the arm finished.
+    _result(tmp_path, 'cifar10', 0, 'mocov2',
+            [dict(dataset='cifar10', variant='mocov2')])
+    _result(tmp_path, 'fashion-mnist', 0, 'mocov2',
+            [dict(dataset='fashion-mnist', variant='rekd')])
+    plan = _run(tmp_path, '--dry-run').stdout.split('\n')[:-1]
+    assert 'cifar10 0 mocov2' not in plan
+    assert plan[0] == 'fashion-mnist 0 mocov2'
+
+
+def test__every_arm_runs_once_with_resume_then_nothing_is_left(tmp_path):
+    # A stand-in for the interpreter: the script's own checks (python -)
+    # run for real; quality.py is replaced by writing the arm's record.
+    calls = tmp_path / 'calls.txt'
+    fake = tmp_path / 'python'
+    fake.write_text(
+        textwrap.dedent(f'''\
+        #!/usr/bin/env bash
+        if [ "$1" = - ]; then exec {sys.executable} "$@"; fi
+        echo "$@" >> {calls}
+        exec {sys.executable} - "$@" <<'EOF'
+        import json, sys
+        args = sys.argv[1:]
+        get = lambda key: args[args.index(key) + 1]
+        record = dict(dataset=get('--datasets'), variant=get('--variants'))
+        with open(get('--out'), 'w') as f:
+            json.dump(dict(records=[record]), f)
+        EOF
+        '''))
+    fake.chmod(0o755)
+    (tmp_path / 'results').mkdir()
+    proc = _run(tmp_path, python=str(fake))
+    assert proc.returncode == 0, proc.stderr
+    lines = calls.read_text().split('\n')[:-1]
+    assert len(lines) == 30
+    for line in lines:
+        args = line.split()
+        assert args[0] == 'benchmarks/quality.py' and '--resume' in args
+        assert args[args.index('--regime') + 1] == 'small4k'
+        seed = args[args.index('--seed') + 1]
+        assert args[args.index('--work-root') + 1] == \
+            f'{tmp_path}/work_seed{seed}'
+    runs = {(a.split()[4], a.split()[8], a.split()[6]) for a in lines}
+    assert len(runs) == 30
+    again = _run(tmp_path, python=str(fake))
+    assert again.stdout.strip() == 'every arm is finished'
