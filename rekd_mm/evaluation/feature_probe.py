@@ -15,6 +15,7 @@ over 25 minutes on a shared core. The penalty is therefore chosen on a
 subset (``max_select_samples``) and the final fit on the whole split starts
 from the chosen subset fit, which is close to its optimum.
 """
+import math
 from typing import Dict, Optional, Sequence, Tuple
 
 import torch
@@ -131,7 +132,18 @@ def feature_linear_probe(train_feats: torch.Tensor,
     if len(weight_decays) == 0:
         raise ValueError('weight_decays must name at least one penalty')
     mean = train_feats.float().mean(0)
-    std = train_feats.float().std(0).clamp(min=1e-6)
+    std = train_feats.float().std(0)
+    scale = float(std.max()) if std.numel() else 0.
+    if not math.isfinite(scale) or scale == 0:
+        raise ValueError('the training features are constant or not finite '
+                         f'(largest per-dimension std {scale}): there is '
+                         'nothing to probe')
+    # The floor is relative: a backbone's features can be tiny as a whole
+    # (an untrained MobileNetV2 in eval mode ends at ~1e-9), and an absolute
+    # floor (it was 1e-6) scaled them all to ~0, so that L-BFGS stopped at
+    # once, near chance, and reported convergence. Exactly constant
+    # dimensions stay 0 after centring.
+    std = std.clamp(min=scale * 1e-6)
     train_x = (train_feats.float() - mean) / std
     val_x = (val_feats.float() - mean) / std
     train_y, val_y = train_labels.long(), val_labels.long()

@@ -1,4 +1,5 @@
 # Copyright (c) rekd_mm contributors. All rights reserved.
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -86,3 +87,29 @@ def test__the_penalty_is_chosen_on_a_subset_of_the_fit_split():
         3,
         max_select_samples=None)
     assert everything['select_samples'] == 450
+
+
+def test__the_probe_does_not_depend_on_the_features_overall_scale():
+    # An untrained MobileNetV2 in eval mode outputs features of ~1e-9: the
+    # standardisation must make them the same problem as at scale 1 (an
+    # absolute std floor of 1e-6 once flattened them to ~0 and the probe
+    # stopped at chance, "converged").
+    gen = torch.Generator().manual_seed(3)
+    centres = torch.randn(3, 8, generator=gen) * 3
+    train_y = torch.randint(0, 3, (300, ), generator=gen)
+    val_y = torch.randint(0, 3, (90, ), generator=gen)
+    train_x = centres[train_y] + torch.randn(300, 8, generator=gen)
+    val_x = centres[val_y] + torch.randn(90, 8, generator=gen)
+    unit = feature_linear_probe(train_x, train_y, val_x, val_y, 3)
+    tiny = feature_linear_probe(train_x * 1e-9, train_y, val_x * 1e-9, val_y,
+                                3)
+    assert unit['top1'] > 90
+    assert tiny['top1'] == unit['top1']
+    assert tiny['weight_decay'] == unit['weight_decay']
+
+
+def test__constant_features_are_refused():
+    labels = torch.tensor([0, 1, 0, 1])
+    with pytest.raises(ValueError, match='constant or not finite'):
+        feature_linear_probe(
+            torch.ones(4, 3), labels, torch.ones(2, 3), labels[:2], 2)
