@@ -8,7 +8,8 @@
 # here if missing, ~20 min on 2 cores), plus requirements/mmdet.txt, with every pin of
 # runtime.txt as a constraint so that mmdet's dependencies cannot replace torch or numpy.
 # It lives outside the clone, keyed by the hash of the requirements; `.venv-det` in the
-# repository root is a symlink to it. Usage: `bash tools/setup_det_env.sh`.
+# repository root is a thin venv over it that adds this clone (tools/make_clone_venv.sh).
+# Usage: `bash tools/setup_det_env.sh`.
 #
 # Environment variables:
 #   REKD_CACHE   where venvs and the mmcv wheel are kept (default: ~/.cache/rekd_mm)
@@ -55,8 +56,14 @@ PY
     "$vpy" -m pip check
     touch "$venv_dir/.complete"
 fi
-# The project itself is installed editable on every run: cheap, and it follows the clone.
-"$vpy" -m pip install -q --no-deps --no-build-isolation -e "$repo_root"
+# The project is NOT installed into the shared venv (an install there would
+# point every clone at one of them): the clone gets a thin venv of its own
+# over the shared one (tools/make_clone_venv.sh). Up to session 7 it was
+# installed editable there; remove that once.
+shared_site="$("$vpy" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+if compgen -G "$shared_site/rekd_mm-*.dist-info" > /dev/null; then
+    "$vpy" -m pip uninstall -q -y rekd_mm
+fi
+bash "$repo_root/tools/make_clone_venv.sh" "$venv_dir" "$repo_root/.venv-det"
 
-ln -sfn "$venv_dir" "$repo_root/.venv-det"
-echo "[setup-det] environment ready: $repo_root/.venv-det -> $venv_dir"
+echo "[setup-det] environment ready: $repo_root/.venv-det over $venv_dir"

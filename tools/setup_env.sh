@@ -4,7 +4,8 @@
 #
 # The venv lives outside the clone, keyed by the hash of the pinned requirements, so a fresh
 # clone on a machine that already built it reuses it (torch alone is ~5.5 GB). `.venv` in the
-# repository root is a symlink to it. Usage: `source tools/setup_env.sh` or `bash tools/setup_env.sh`.
+# repository root is a thin venv over it that adds this clone (tools/make_clone_venv.sh).
+# Usage: `source tools/setup_env.sh` or `bash tools/setup_env.sh`.
 #
 # Environment variables:
 #   REKD_CACHE   where venvs are kept (default: ~/.cache/rekd_mm)
@@ -51,8 +52,14 @@ if [ ! -f "$venv_dir/.complete" ]; then
         -r "$repo_root/requirements/tests.txt" -r "$repo_root/requirements/optional.txt"
     touch "$venv_dir/.complete"
 fi
-# The project itself is installed editable on every run: cheap, and it follows the clone.
-"$venv_dir/bin/python" -m pip install -q --no-deps --no-build-isolation -e "$repo_root"
+# The project is NOT installed into the shared venv (an install there would
+# point every clone at one of them): the clone gets a thin venv of its own
+# over the shared one (tools/make_clone_venv.sh). Up to session 7 it was
+# installed editable there; remove that once.
+shared_site="$("$venv_dir/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+if compgen -G "$shared_site/rekd_mm-*.dist-info" > /dev/null; then
+    "$venv_dir/bin/python" -m pip uninstall -q -y rekd_mm
+fi
+bash "$repo_root/tools/make_clone_venv.sh" "$venv_dir" "$repo_root/.venv"
 
-ln -sfn "$venv_dir" "$repo_root/.venv"
-echo "[setup] environment ready: $repo_root/.venv -> $venv_dir"
+echo "[setup] environment ready: $repo_root/.venv over $venv_dir"
