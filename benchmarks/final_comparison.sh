@@ -19,6 +19,10 @@
 #   --dry-run  print the arms still to run, in order, and exit
 #   --jobs N   arms at a time (default 2)
 set -euo pipefail
+# The whole script is one block, read before any of it runs: bash reads a
+# script as it goes, and this one runs for hours, so an edit of the file (a
+# git pull) would otherwise change what the running copy does next.
+{
 cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-.venv/bin/python}
@@ -103,7 +107,24 @@ fi
 exec 9> "${WORK}.lock"
 flock -n 9 || { echo "final_comparison.sh: another copy is running" \
   "(${WORK}.lock)" >&2; exit 1; }
+# Preflight: quality.py reads (dry run) the configs of every arm left, so a
+# broken environment or config stops the study here, in seconds, instead of
+# failing each arm in turn.
+preflight_log="${WORK}_logs/preflight.log"
+mkdir -p "${WORK}_logs"
+# shellcheck disable=SC2046  # one word per data set / variant
+if ! "$PYTHON" benchmarks/quality.py --regime small4k --dry-run \
+    --datasets $(echo "$todo" | cut -d' ' -f1 | sort -u) \
+    --variants $(echo "$todo" | cut -d' ' -f3 | sort -u) \
+    --work-root "${WORK}_preflight" > "$preflight_log" 2>&1; then
+  echo "final_comparison.sh: preflight failed, no arm started:" \
+    "$preflight_log" >&2
+  tail -n 3 "$preflight_log" >&2
+  exit 1
+fi
 export -f arm result_file
 export PYTHON RESULTS WORK
 # One arm per line; a failed arm is reported and the others go on.
 echo "$todo" | xargs -P "$JOBS" -L 1 bash -c 'arm "$@"' _
+exit
+}

@@ -61,11 +61,15 @@ def test__every_arm_runs_once_with_resume_then_nothing_is_left(tmp_path):
     # A stand-in for the interpreter: the script's own checks (python -)
     # run for real; quality.py is replaced by writing the arm's record.
     calls = tmp_path / 'calls.txt'
+    preflight = tmp_path / 'preflight.txt'
     fake = tmp_path / 'python'
     fake.write_text(
         textwrap.dedent(f'''\
         #!/usr/bin/env bash
         if [ "$1" = - ]; then exec {sys.executable} "$@"; fi
+        case " $* " in
+          *" --dry-run "*) echo "$@" >> {preflight}; exit 0 ;;
+        esac
         echo "$@" >> {calls}
         exec {sys.executable} - "$@" <<'EOF'
         import json, sys
@@ -91,5 +95,36 @@ def test__every_arm_runs_once_with_resume_then_nothing_is_left(tmp_path):
             f'{tmp_path}/work_seed{seed}'
     runs = {(a.split()[4], a.split()[8], a.split()[6]) for a in lines}
     assert len(runs) == 30
+    # One preflight before any arm, over the data sets and variants left.
+    checks = preflight.read_text().split('\n')[:-1]
+    assert len(checks) == 1
+    args = checks[0].split()
+    datasets = args[args.index('--datasets') + 1:args.index('--variants')]
+    assert datasets == ['cifar10', 'fashion-mnist']
+    assert len(set(args) & set(VARIANTS)) == 4
     again = _run(tmp_path, python=str(fake))
     assert again.stdout.strip() == 'every arm is finished'
+
+
+def test__failed_preflight_starts_no_arm(tmp_path):
+    # An environment in which quality.py cannot read its configs (session
+    # 8: rekd_mm not importable) fails the preflight; no arm is started.
+    calls = tmp_path / 'calls.txt'
+    fake = tmp_path / 'python'
+    fake.write_text(
+        textwrap.dedent(f'''\
+        #!/usr/bin/env bash
+        if [ "$1" = - ]; then exec {sys.executable} "$@"; fi
+        echo "$@" >> {calls}
+        echo "ImportError: Failed to import rekd_mm" >&2
+        exit 1
+        '''))
+    fake.chmod(0o755)
+    proc = _run(tmp_path, python=str(fake))
+    assert proc.returncode == 1
+    assert 'preflight failed, no arm started' in proc.stderr
+    assert 'Failed to import rekd_mm' in proc.stderr
+    lines = calls.read_text().split('\n')[:-1]
+    assert len(lines) == 1 and '--dry-run' in lines[0]
+    assert not (tmp_path / 'results').exists() or not any(
+        (tmp_path / 'results').iterdir())
