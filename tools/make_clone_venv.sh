@@ -33,8 +33,38 @@ purelib() {
     "$1/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])'
 }
 
+# The processes started through CLONE_VENV's interpreter, by the path they
+# were started with (relative paths against their working directory).
+processes_using() {
+    local venv_bin proc argv0 cwd
+    venv_bin="$(realpath -s "$1")/bin/"
+    for proc in /proc/[0-9]*; do
+        # argv[0]: up to the first NUL (kernel threads have none: skipped).
+        IFS= read -r -d '' argv0 < "$proc/cmdline" 2>/dev/null || continue
+        if [ "${argv0#/}" = "$argv0" ]; then
+            cwd="$(readlink "$proc/cwd" 2>/dev/null)" || continue
+            argv0="$cwd/$argv0"
+        fi
+        case "$(realpath -s -m "$argv0")" in
+            "$venv_bin"*) echo "${proc#/proc/}" ;;
+        esac
+    done
+}
+
 # Until session 8 the clone's venv was a symlink to the shared one; a venv
 # whose interpreter no longer runs (its base Python was replaced) is rebuilt.
+if [ -L "$clone_venv" ]; then
+    # A process started through the symlink keeps <CLONE_VENV>/lib/... on
+    # sys.path and imports lazily from it (torch.save does): replacing the
+    # symlink under it makes it fail at its next checkpoint.
+    pids="$(processes_using "$clone_venv" | tr '\n' ' ')"
+    if [ -n "$pids" ]; then
+        echo "make_clone_venv.sh: $clone_venv is a symlink to a shared venv that" \
+            "running processes use (pids: $pids); replacing it by this clone's own" \
+            "venv would break them. Run the setup again when they have ended." >&2
+        exit 1
+    fi
+fi
 if [ -L "$clone_venv" ] || ! "$clone_venv/bin/python" -c '' 2>/dev/null; then
     rm -rf "$clone_venv"
     # Made by the shared venv's Python, the new venv has the same base

@@ -115,3 +115,36 @@ def test_clone_without_rekd_mm_fails_with_the_fix(tmp_path):
     assert 'rekd_mm resolves to' in proc.stderr
     assert 'shared-venv' in proc.stderr
     assert 'run the setup again' in proc.stderr
+
+
+def test_symlink_in_use_is_not_replaced(tmp_path):
+    # A process started through the old symlink keeps its site-packages
+    # path and imports lazily from it: replacing the symlink under it broke
+    # two training runs at their next checkpoint (session 8).
+    shared = str(tmp_path / 'shared-venv')
+    venv.create(shared, with_pip=False)
+    _package(_site_packages(shared), 'mmengine', 'shared')
+    clone = _clone(tmp_path, 'clone')
+    os.symlink(shared, clone / '.venv')
+    sleep = ['-c', 'import time; time.sleep(120)']
+    users = [
+        subprocess.Popen([str(clone / '.venv' / 'bin' / 'python'), *sleep]),
+        # started as `.venv/bin/python` from inside the clone
+        subprocess.Popen([osp.join('.venv', 'bin', 'python'), *sleep],
+                         cwd=clone)
+    ]
+    try:
+        for user in users:
+            proc = _make(clone, shared)
+            assert proc.returncode == 1
+            assert f'{user.pid}' in proc.stderr
+            assert 'Run the setup again when they have ended' in proc.stderr
+            assert osp.islink(clone / '.venv')
+            user.kill()
+            user.wait()
+    finally:
+        for user in users:
+            user.kill()
+    proc = _make(clone, shared)
+    assert proc.returncode == 0, proc.stderr
+    assert not osp.islink(clone / '.venv')
