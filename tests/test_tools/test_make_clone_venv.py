@@ -37,6 +37,17 @@ def _clone(tmp_path, name):
     return root
 
 
+def _shared_venv(tmp_path, stale_rekd_mm=False):
+    """A stand-in shared venv: no pip, a stub ``mmengine`` and, if asked, the
+    stale ``rekd_mm`` of another clone."""
+    shared = str(tmp_path / 'shared-venv')
+    venv.create(shared, with_pip=False)
+    _package(_site_packages(shared), 'mmengine', 'shared')
+    if stale_rekd_mm:
+        _package(_site_packages(shared), 'rekd_mm', 'stale install')
+    return shared
+
+
 def _make(clone, shared):
     return subprocess.run([
         'bash',
@@ -64,10 +75,7 @@ def _who(clone):
 
 
 def test_each_clone_imports_its_own_code(tmp_path):
-    shared = str(tmp_path / 'shared-venv')
-    venv.create(shared, with_pip=False)
-    _package(_site_packages(shared), 'mmengine', 'shared')
-    _package(_site_packages(shared), 'rekd_mm', 'stale install')
+    shared = _shared_venv(tmp_path, stale_rekd_mm=True)
     first, second = _clone(tmp_path, 'first'), _clone(tmp_path, 'second')
 
     for clone in (first, second):
@@ -85,9 +93,7 @@ def test_each_clone_imports_its_own_code(tmp_path):
 
 
 def test_old_symlink_layout_is_replaced_and_shared_venv_kept(tmp_path):
-    shared = str(tmp_path / 'shared-venv')
-    venv.create(shared, with_pip=False)
-    _package(_site_packages(shared), 'mmengine', 'shared')
+    shared = _shared_venv(tmp_path)
     clone = _clone(tmp_path, 'clone')
     # Up to session 7, .venv was a symlink to the shared venv.
     os.symlink(shared, clone / '.venv')
@@ -102,10 +108,7 @@ def test_old_symlink_layout_is_replaced_and_shared_venv_kept(tmp_path):
 
 
 def test_clone_without_rekd_mm_fails_with_the_fix(tmp_path):
-    shared = str(tmp_path / 'shared-venv')
-    venv.create(shared, with_pip=False)
-    _package(_site_packages(shared), 'mmengine', 'shared')
-    _package(_site_packages(shared), 'rekd_mm', 'stale install')
+    shared = _shared_venv(tmp_path, stale_rekd_mm=True)
     clone = _clone(tmp_path, 'clone')
     shutil.rmtree(clone / 'rekd_mm')
 
@@ -121,9 +124,7 @@ def test_symlink_in_use_is_not_replaced(tmp_path):
     # A process started through the old symlink keeps its site-packages
     # path and imports lazily from it: replacing the symlink under it broke
     # two training runs at their next checkpoint (session 8).
-    shared = str(tmp_path / 'shared-venv')
-    venv.create(shared, with_pip=False)
-    _package(_site_packages(shared), 'mmengine', 'shared')
+    shared = _shared_venv(tmp_path)
     clone = _clone(tmp_path, 'clone')
     os.symlink(shared, clone / '.venv')
     sleep = ['-c', 'import time; time.sleep(120)']
