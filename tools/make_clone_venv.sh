@@ -103,3 +103,11 @@ if spec is None or not osp.realpath(spec.origin).startswith(
     raise SystemExit(f'mmengine resolves to {spec and spec.origin}, not to '
                      f'the shared venv {shared_site}')
 PY
+
+# Up to session 7 the setup installed rekd_mm editable into the shared venv.
+# Harmless to this clone now (its root comes first), but a clone still on the
+# symlink layout would import another clone's code through it: remove it, so
+# that such a clone fails to import rekd_mm, loudly, until it is set up again.
+if compgen -G "$shared_site/rekd_mm-*.dist-info" > /dev/null; then
+    "$shared_venv/bin/python" -m pip uninstall -q -y rekd_mm
+fi

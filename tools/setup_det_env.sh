@@ -58,12 +58,7 @@ PY
 fi
 # The project is NOT installed into the shared venv (an install there would
 # point every clone at one of them): the clone gets a thin venv of its own
-# over the shared one (tools/make_clone_venv.sh). Up to session 7 it was
-# installed editable there; remove that once.
-shared_site="$("$vpy" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
-if compgen -G "$shared_site/rekd_mm-*.dist-info" > /dev/null; then
-    "$vpy" -m pip uninstall -q -y rekd_mm
-fi
+# over the shared one (tools/make_clone_venv.sh).
 bash "$repo_root/tools/make_clone_venv.sh" "$venv_dir" "$repo_root/.venv-det"
 
 echo "[setup-det] environment ready: $repo_root/.venv-det over $venv_dir"

@@ -54,12 +54,7 @@ if [ ! -f "$venv_dir/.complete" ]; then
 fi
 # The project is NOT installed into the shared venv (an install there would
 # point every clone at one of them): the clone gets a thin venv of its own
-# over the shared one (tools/make_clone_venv.sh). Up to session 7 it was
-# installed editable there; remove that once.
-shared_site="$("$venv_dir/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
-if compgen -G "$shared_site/rekd_mm-*.dist-info" > /dev/null; then
-    "$venv_dir/bin/python" -m pip uninstall -q -y rekd_mm
-fi
+# over the shared one (tools/make_clone_venv.sh).
 bash "$repo_root/tools/make_clone_venv.sh" "$venv_dir" "$repo_root/.venv"
 
 echo "[setup] environment ready: $repo_root/.venv over $venv_dir"

@@ -149,3 +149,28 @@ def test_symlink_in_use_is_not_replaced(tmp_path):
     proc = _make(clone, shared)
     assert proc.returncode == 0, proc.stderr
     assert not osp.islink(clone / '.venv')
+
+
+def test_stale_install_is_removed_from_the_shared_venv(tmp_path):
+    # What `pip install -e` left up to session 7, as pip records it: the
+    # package and its dist-info with a RECORD, so pip can uninstall it.
+    shared = str(tmp_path / 'shared-venv')
+    venv.create(shared, with_pip=True)
+    site = _site_packages(shared)
+    _package(site, 'mmengine', 'shared')
+    _package(site, 'rekd_mm', 'stale install')
+    dist_info = osp.join(site, 'rekd_mm-0.1.0.dist-info')
+    os.makedirs(dist_info)
+    with open(osp.join(dist_info, 'METADATA'), 'w') as f:
+        f.write('Metadata-Version: 2.1\nName: rekd_mm\nVersion: 0.1.0\n')
+    with open(osp.join(dist_info, 'RECORD'), 'w') as f:
+        f.write('rekd_mm/__init__.py,,\nrekd_mm-0.1.0.dist-info/METADATA,,\n'
+                'rekd_mm-0.1.0.dist-info/RECORD,,\n')
+    clone = _clone(tmp_path, 'clone')
+
+    proc = _make(clone, shared)
+    assert proc.returncode == 0, proc.stderr
+    assert not osp.exists(osp.join(site, 'rekd_mm'))
+    assert not osp.exists(dist_info)
+    assert osp.isfile(osp.join(site, 'mmengine', '__init__.py'))
+    assert _who(clone) == ['clone', 'shared']
