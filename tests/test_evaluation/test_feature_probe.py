@@ -24,17 +24,26 @@ def test__fit_reaches_the_optimum_of_a_convex_problem():
     assert abs(loss.item() - model['loss']) < 1e-6
 
 
+def _clusters(seed, classes, dim, spread, num_train, num_val):
+    """Gaussian clusters (unit noise) around ``classes`` random centres scaled
+    by ``spread``: training and validation features and labels."""
+    gen = torch.Generator().manual_seed(seed)
+    centres = torch.randn(classes, dim, generator=gen) * spread
+    train_y = torch.randint(0, classes, (num_train, ), generator=gen)
+    val_y = torch.randint(0, classes, (num_val, ), generator=gen)
+    train_x = centres[train_y] + torch.randn(num_train, dim, generator=gen)
+    val_x = centres[val_y] + torch.randn(num_val, dim, generator=gen)
+    return train_x, train_y, val_x, val_y
+
+
 def test__separable_classes_are_probed_perfectly_and_noise_is_not():
-    gen = torch.Generator().manual_seed(1)
-    centres = torch.randn(4, 16, generator=gen) * 5
-    train_y = torch.randint(0, 4, (400, ), generator=gen)
-    val_y = torch.randint(0, 4, (100, ), generator=gen)
-    train_x = centres[train_y] + torch.randn(400, 16, generator=gen)
-    val_x = centres[val_y] + torch.randn(100, 16, generator=gen)
+    train_x, train_y, val_x, val_y = _clusters(
+        seed=1, classes=4, dim=16, spread=5, num_train=400, num_val=100)
     result = feature_linear_probe(train_x, train_y, val_x, val_y, 4)
     assert result['top1'] == 100.0
     assert result['weight_decay'] in (1e-4, 1e-3, 1e-2)
     # Features unrelated to the labels: chance level on held-out data.
+    gen = torch.Generator().manual_seed(2)
     noise = feature_linear_probe(
         torch.randn(400, 16, generator=gen), train_y,
         torch.randn(100, 16, generator=gen), val_y, 4)
@@ -94,12 +103,8 @@ def test__the_probe_does_not_depend_on_the_features_overall_scale():
     # standardisation must make them the same problem as at scale 1 (an
     # absolute std floor of 1e-6 once flattened them to ~0 and the probe
     # stopped at chance, "converged").
-    gen = torch.Generator().manual_seed(3)
-    centres = torch.randn(3, 8, generator=gen) * 3
-    train_y = torch.randint(0, 3, (300, ), generator=gen)
-    val_y = torch.randint(0, 3, (90, ), generator=gen)
-    train_x = centres[train_y] + torch.randn(300, 8, generator=gen)
-    val_x = centres[val_y] + torch.randn(90, 8, generator=gen)
+    train_x, train_y, val_x, val_y = _clusters(
+        seed=3, classes=3, dim=8, spread=3, num_train=300, num_val=90)
     unit = feature_linear_probe(train_x, train_y, val_x, val_y, 3)
     tiny = feature_linear_probe(train_x * 1e-9, train_y, val_x * 1e-9, val_y,
                                 3)
