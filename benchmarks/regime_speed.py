@@ -6,8 +6,11 @@ For every backbone and execution mode, the median seconds of one MoCo-style
 step on a batch of 32 px images: query forward + backward, then a key
 forward without gradient (what each encoder of MoCo v2 / ReKD does per
 iteration, projector and losses aside). Modes: ``fp32``, ``channels_last``
-(NHWC weights and inputs), ``bf16`` (CPU autocast) and
-``channels_last_bf16``.
+(NHWC weights and inputs), ``bf16`` (CPU autocast), ``channels_last_bf16``,
+``compile`` (``torch.compile`` with its default inductor backend) and
+``channels_last_compile``. The first step of each mode is not in the median
+(it warms the allocator up, and for the compiled modes it compiles); its time
+is recorded as ``first_step_s``.
 
 Time it on a quiet machine with one thread (``OMP_NUM_THREADS=1``), e.g.::
 
@@ -45,7 +48,8 @@ BACKBONES = {
     'resnet-18 CIFAR stem, strides 2222':
     dict(type='ResNet_CIFAR', depth=18, strides=(2, 2, 2, 2)),
 }
-MODES = ('fp32', 'channels_last', 'bf16', 'channels_last_bf16')
+MODES = ('fp32', 'channels_last', 'bf16', 'channels_last_bf16', 'compile',
+         'channels_last_compile')
 
 
 def time_step(cfg: dict, mode: str, batch: int, repeats: int) -> Dict:
@@ -57,10 +61,13 @@ def time_step(cfg: dict, mode: str, batch: int, repeats: int) -> Dict:
     if 'channels_last' in mode:
         model = model.to(memory_format=torch.channels_last)
         inputs = inputs.contiguous(memory_format=torch.channels_last)
+    if 'compile' in mode:
+        model = torch.compile(model)
     autocast = torch.autocast(
         'cpu', dtype=torch.bfloat16, enabled='bf16' in mode)
     times = []
-    for _ in range(repeats + 1):  # the first step warms the allocator up
+    # The first step warms the allocator up (and compiles).
+    for _ in range(repeats + 1):
         start = time.perf_counter()
         with autocast:
             loss = model(inputs)[-1].float().mean()
@@ -68,7 +75,8 @@ def time_step(cfg: dict, mode: str, batch: int, repeats: int) -> Dict:
         with torch.no_grad(), autocast:
             model(inputs)
         times.append(time.perf_counter() - start)
-    return dict(median_s=median(times[1:]), times_s=times[1:])
+    return dict(
+        median_s=median(times[1:]), times_s=times[1:], first_step_s=times[0])
 
 
 def main(argv: List[str] = None) -> Dict:
@@ -104,14 +112,14 @@ def main(argv: List[str] = None) -> Dict:
             rows.append([
                 name, mode, result['median_s'],
                 result['median_s'] / args.batch * 1000,
-                base / result['median_s']
+                base / result['median_s'], result['first_step_s']
             ])
             print(
                 f'{name:48s} {mode:20s} {result["median_s"]:.3f} s',
                 flush=True)
     headers = [
         'backbone', 'mode', f's / step (batch {args.batch})', 'ms / image',
-        'speed-up vs fp32'
+        f'speed-up vs {args.modes[0]}', 'first step (s)'
     ]
     results = dict(
         benchmark='regime_speed',
@@ -123,7 +131,8 @@ def main(argv: List[str] = None) -> Dict:
         '# One MoCo-style step of candidate 32 px encoders (CPU)', '',
         markdown_table(headers, rows), '',
         'Step: forward + backward of the queries, forward of the keys; '
-        'median of the repeats after one warm-up step.', '',
+        'median of the repeats after one warm-up step (the first step: '
+        'allocator warm-up, and compilation in the compiled modes).', '',
         f"Command: `{results['command']}`; machine: "
         f"{results['machine']['cpu_model']}, "
         f"{results['machine']['torch_threads']} thread(s)."

@@ -23,5 +23,11 @@ def test__writes_one_record_per_backbone_and_mode(tmp_path):
             ] == [('mobilenet-v2, stride-1 stem', 'fp32'),
                   ('mobilenet-v2, stride-1 stem', 'channels_last')]
     assert all(r['median_s'] > 0 for r in records)
+    # The warm-up (in the compiled modes: compiling) step is kept apart
+    # from the timed repeats.
+    assert all(r['first_step_s'] > 0 and len(r['times_s']) == 1
+               for r in records)
     md = out.with_suffix('.md').read_text()
     assert '| mobilenet-v2, stride-1 stem | channels_last |' in md
+    # The speed-up is relative to the first mode asked for.
+    assert 'speed-up vs fp32 | first step (s) |' in md
