@@ -35,21 +35,24 @@ TARGET_DELTA = 3.0
 
 
 def mean_std(values: List[float]) -> Dict:
-    """Mean, sample std (0 for one value) and count."""
+    """Mean, sample std and count; the std of one value is undefined
+    (``None``), not 0: one seed says nothing about the spread."""
     values = [float(v) for v in values]
     return dict(
         mean=statistics.fmean(values),
-        std=statistics.stdev(values) if len(values) > 1 else 0.0,
+        std=statistics.stdev(values) if len(values) > 1 else None,
         n=len(values))
 
 
-def pooled_std(a: Dict, b: Dict) -> float:
-    """Pooled sample std of two groups (``mean_std`` results)."""
+def pooled_std(a: Dict, b: Dict) -> Optional[float]:
+    """Pooled sample std of two groups (``mean_std`` results), ``None``
+    when the two have fewer than three values in all."""
     dof = a['n'] + b['n'] - 2
     if dof <= 0:
-        return 0.0
-    return math.sqrt(
-        ((a['n'] - 1) * a['std']**2 + (b['n'] - 1) * b['std']**2) / dof)
+        return None
+    # A group of one value adds (n - 1) * std² = 0 to the sum of squares.
+    squares = sum((g['n'] - 1) * g['std']**2 for g in (a, b) if g['n'] > 1)
+    return math.sqrt(squares / dof)
 
 
 def summarise(result_files: List[dict]) -> Dict:
@@ -95,13 +98,14 @@ def summarise(result_files: List[dict]) -> Dict:
         for metric in ('student_knn_top1', 'student_probe_top1'):
             if metric in row and metric in base:
                 delta = row[metric]['mean'] - base[metric]['mean']
-                two_pooled = 2 * pooled_std(row[metric], base[metric])
+                pooled = pooled_std(row[metric], base[metric])
+                two_pooled = None if pooled is None else 2 * pooled
                 row[f'delta_{metric}'] = dict(
                     delta=delta,
                     two_pooled_std=two_pooled,
-                    target_met=(delta >= TARGET_DELTA and delta > two_pooled
-                                and
-                                min(row[metric]['n'], base[metric]['n']) >= 2))
+                    target_met=(delta >= TARGET_DELTA and
+                                min(row[metric]['n'], base[metric]['n']) >= 2
+                                and delta > two_pooled))
     regime, iters = settings.pop()
     return dict(regime=regime, iters=iters, rows=rows)
 
@@ -109,14 +113,26 @@ def summarise(result_files: List[dict]) -> Dict:
 def _cell(stat: Optional[Dict], digits: int = 2) -> str:
     if not stat:
         return '-'
+    if stat['std'] is None:
+        return f"{stat['mean']:.{digits}f} (n={stat['n']})"
     return (f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f} "
             f"(n={stat['n']})")
+
+
+def _delta_cell(delta: Optional[Dict]) -> str:
+    if delta is None:
+        return '-'
+    spread = ('no spread yet' if delta['two_pooled_std'] is None else
+              f"{delta['two_pooled_std']:.2f}")
+    return (f"{delta['delta']:+.2f} ({spread})" +
+            (' ✓' if delta['target_met'] else ''))
 
 
 def _minutes(stat: Optional[Dict]) -> Optional[Dict]:
     if not stat:
         return None
-    return dict(stat, mean=stat['mean'] / 60, std=stat['std'] / 60)
+    std = None if stat['std'] is None else stat['std'] / 60
+    return dict(stat, mean=stat['mean'] / 60, std=std)
 
 
 def build_markdown(summary: Dict, command: str, files: List[str]) -> str:
@@ -126,12 +142,10 @@ def build_markdown(summary: Dict, command: str, files: List[str]) -> str:
     ]
     rows = []
     for row in summary['rows']:
-        deltas = []
-        for metric in ('student_knn_top1', 'student_probe_top1'):
-            d = row.get(f'delta_{metric}')
-            deltas.append('-' if d is None else
-                          f"{d['delta']:+.2f} ({d['two_pooled_std']:.2f})" +
-                          (' ✓' if d['target_met'] else ''))
+        deltas = [
+            _delta_cell(row.get(f'delta_{metric}'))
+            for metric in ('student_knn_top1', 'student_probe_top1')
+        ]
         rows.append([
             row['dataset'], row['variant'],
             _cell(row.get('student_knn_top1')), deltas[0],
@@ -144,7 +158,9 @@ def build_markdown(summary: Dict, command: str, files: List[str]) -> str:
         f"{summary['iters']} iterations)", '',
         markdown_table(headers, rows), '',
         f'✓: Δ ≥ {TARGET_DELTA} kNN points and Δ > 2 × pooled std, with at '
-        'least two seeds on each side (the target of issue #12). Per-seed '
+        'least two seeds on each side (the target of issue #12). With one '
+        'seed a cell has no ± and a Δ no spread: the std of one value is '
+        'undefined. Per-seed '
         'tables: ' + ', '.join(f'`{osp.basename(f)}`' for f in files) +
         '. Train loop: the logged iteration times summed (start-up and '
         'scoring excluded; a run split across sessions counts like an uncut '
@@ -171,8 +187,14 @@ def plot_summary(summary: Dict, path: str) -> None:
             ax = axes[i][col]
             rows_m = [r for r in rows if metric in r]
             ax.bar(
-                range(len(rows_m)), [r[metric]['mean'] for r in rows_m],
-                yerr=[r[metric]['std'] for r in rows_m],
+                range(len(rows_m)),
+                [r[metric]['mean'] for r in rows_m],
+                # NaN draws no error bar (rather than one of 0) for a
+                # single seed.
+                yerr=[
+                    math.nan if r[metric]['std'] is None else r[metric]['std']
+                    for r in rows_m
+                ],
                 color=[colours[r['variant']] for r in rows_m],
                 capsize=3)
             ax.set_xticks(range(len(rows_m)))

@@ -69,6 +69,38 @@ def test__a_noisy_gain_misses_the_target(summary_mod):
     assert delta['delta'] == 4.0 and not delta['target_met']
 
 
+def test__one_seed_has_no_spread_and_never_meets_the_target(
+        summary_mod, tmp_path):
+    paths = []
+    for seed, knn in ((0, dict(mocov2=50.0, rekd=60.0)), (1, dict(rekd=62.0))):
+        path = tmp_path / f'seed{seed}.json'
+        path.write_text(json.dumps(_result(seed, knn)))
+        paths.append(str(path))
+    out = tmp_path / 'summary.json'
+    summary = summary_mod.main(paths + ['--out', str(out)])
+    rows = {r['variant']: r for r in summary['rows']}
+    # The std of one value is undefined, not 0.
+    assert rows['mocov2']['student_knn_top1'] == dict(mean=50.0, std=None, n=1)
+    delta = rows['rekd']['delta_student_knn_top1']
+    # Two values in all on the ReKD side, one on MoCo v2's: dof = 1, and
+    # only ReKD's two seeds contribute (61 ± sqrt(2)): pooled std sqrt(2).
+    assert delta['delta'] == 11.0
+    assert math.isclose(delta['two_pooled_std'], 2 * math.sqrt(2))
+    # Δ = 11 > 2.83 but MoCo v2 has a single seed: not met.
+    assert not delta['target_met']
+    md = (tmp_path / 'summary.md').read_text()
+    assert '| 50.00 (n=1) |' in md and '± 0.00' not in md
+    assert '+11.00 (2.83) |' in md
+    # With one seed on each side there is no spread at all.
+    single = summary_mod.summarise([_result(0, dict(mocov2=50.0, rekd=60.0))])
+    delta = {r['variant']: r
+             for r in single['rows']}['rekd']['delta_student_knn_top1']
+    assert delta['two_pooled_std'] is None and not delta['target_met']
+    assert '+10.00 (no spread yet)' in summary_mod.build_markdown(
+        single, 'cmd', [])
+    assert (tmp_path / 'summary.png').read_bytes()[:4] == b'\x89PNG'
+
+
 def test__mixed_budgets_and_duplicate_seeds_are_refused(summary_mod):
     with pytest.raises(ValueError, match='mix regimes'):
         summary_mod.summarise([
