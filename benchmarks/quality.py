@@ -33,7 +33,11 @@ Variants (``--variants``):
   MoCo v2 checkpoint of the teacher architecture, ``prefix=''``) and frozen;
 - modifiers, combinable after ``rekd``: ``_k{K}`` (number of prototypes K),
   ``_theta{Θ}`` (assignment threshold Θ), ``_no_relation``, ``_offline``,
-  e.g. ``rekd_k50``, ``rekd_theta0.7``, ``rekd_k50_theta0.3``.
+  ``_oracle``, ``_kd{W}`` (the response-KD term of weight W through the
+  student's projection into the teacher's space:
+  ``model.loss_weights.kd=W model.kd_projection=True``), e.g. ``rekd_k50``,
+  ``rekd_theta0.7``, ``rekd_k50_theta0.3``, ``rekd_kd1``,
+  ``rekd_no_relation_kd1``.
 
 Results: a JSON file (``--out``, with the exact command line, machine,
 git commit and every run's overrides), a Markdown table next to it
@@ -84,9 +88,9 @@ __all__ = [
 RELATION_KEYS = ('relation_precision', 'proto_in_use',
                  'relation_pos_per_anchor', 'proto_assigned_ratio')
 
-_MODIFIER = re.compile(
-    r'_(?:k(?P<k>\d+)|theta(?P<theta>-?\d+(?:\.\d+)?|-?\.\d+)'
-    r'|(?P<flag>no_relation|offline|oracle))')
+_MODIFIER = re.compile(r'_(?:k(?P<k>\d+)|kd(?P<kd>\d+(?:\.\d+)?|\.\d+)'
+                       r'|theta(?P<theta>-?\d+(?:\.\d+)?|-?\.\d+)'
+                       r'|(?P<flag>no_relation|offline|oracle))')
 
 # Reference rows: no self-supervised pretraining (docs/quality.md).
 # ``untrained``: a freshly initialised student; ``pixels``: raw pixels;
@@ -100,24 +104,26 @@ def parse_variant(name: str) -> dict:
 
     Args:
         name (str): ``'mocov2'`` or ``'rekd'`` followed by any of the
-            modifiers ``_k{K}``, ``_theta{Θ}``, ``_no_relation``,
-            ``_offline`` (each at most once).
+            modifiers ``_k{K}``, ``_theta{Θ}``, ``_kd{W}``,
+            ``_no_relation``, ``_offline``, ``_oracle`` (each at most once).
 
     Returns:
         dict: ``name``, ``algorithm`` (``'mocov2'`` or ``'rekd'``),
         ``num_prototypes`` (int or None), ``threshold`` (float or None),
-        ``no_relation`` and ``offline`` (bool).
+        ``kd_weight`` (float or None), ``no_relation``, ``offline`` and
+        ``oracle`` (bool).
     """
     spec = dict(
         name=name,
         algorithm=None,
         num_prototypes=None,
         threshold=None,
+        kd_weight=None,
         no_relation=False,
         offline=False,
         oracle=False)
     grammar = ("'mocov2', 'untrained', 'pixels', 'supervised', or 'rekd' "
-               'followed by any of _k{K}, _theta{Θ}, _no_relation, '
+               'followed by any of _k{K}, _theta{Θ}, _kd{W}, _no_relation, '
                "_offline, _oracle (e.g. 'rekd_k50_theta0.7')")
     if name in REFERENCES:
         spec['algorithm'] = name
@@ -149,6 +155,11 @@ def parse_variant(name: str) -> dict:
             if not -1.0 <= spec['threshold'] <= 1.0:
                 raise ValueError(f'variant {name!r}: Θ must lie in [-1, 1] '
                                  '(a cosine similarity)')
+        elif key == 'kd':
+            spec['kd_weight'] = float(token)
+            if spec['kd_weight'] <= 0:
+                raise ValueError(f'variant {name!r}: the KD weight must be '
+                                 '> 0 (without the modifier it is 0)')
         else:
             spec[token] = True
         rest = rest[match.end():]
@@ -204,6 +215,14 @@ def variant_cfg_options(spec: dict,
         options.append(f"model.miner.threshold={spec['threshold']}")
     if spec['oracle']:
         options.append('model.relation_source=oracle_labels')
+    if spec['kd_weight'] is not None:
+        # Through the student's own map into the teacher's space
+        # (docs/method.md #21), so that the student's contrastive space is
+        # not forced onto the teacher's.
+        options += [
+            f"model.loss_weights.kd={spec['kd_weight']}",
+            'model.kd_projection=True'
+        ]
     if spec['offline']:
         if not offline_teacher:
             raise ValueError(f"variant {spec['name']!r} needs "
@@ -445,7 +464,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         nargs='+',
         default=['mocov2', 'rekd'],
         help="'mocov2', 'rekd', 'rekd_no_relation', 'rekd_offline', and "
-        "'rekd' with modifiers _k{K} _theta{Θ} (e.g. rekd_k50_theta0.7)")
+        "'rekd' with modifiers _k{K} _theta{Θ} _kd{W} (e.g. "
+        'rekd_k50_theta0.7, rekd_no_relation_kd1)')
     parser.add_argument(
         '--iters',
         type=int,

@@ -69,10 +69,23 @@ def test__variant_names_map_to_overrides(quality):
     spec = quality.parse_variant('rekd_oracle')
     assert quality.variant_cfg_options(
         spec, 100) == ['model.relation_source=oracle_labels']
+    # Response KD through the student's projection, with or without the
+    # relations.
+    spec = quality.parse_variant('rekd_no_relation_kd0.5')
+    assert (spec['kd_weight'], spec['num_prototypes']) == (0.5, None)
+    assert quality.variant_cfg_options(
+        spec, 100, miner_hook_index=1) == [
+            'custom_hooks.1.init_iter=101',
+            'custom_hooks.1.allow_no_mining=True', 'model.loss_weights.kd=0.5',
+            'model.kd_projection=True'
+        ]
+    assert quality.parse_variant('rekd_k50_kd1')['num_prototypes'] == 50
+    with pytest.raises(ValueError, match='KD weight must be > 0'):
+        quality.parse_variant('rekd_kd0')
     for ref in ('untrained', 'pixels', 'supervised'):
         assert quality.parse_variant(ref)['algorithm'] == ref
     for bad in ('moco', 'rekd_kx', 'rekd_theta2', 'rekd_k5_k6', 'rekdk5',
-                'pixels_k5'):
+                'pixels_k5', 'rekd_kd', 'rekd_kd1_kd2'):
         with pytest.raises(ValueError, match=repr(bad)):
             quality.parse_variant(bad)
 
