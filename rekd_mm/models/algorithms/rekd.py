@@ -395,7 +395,14 @@ class ReKD(BaseSelfSupervisor):
                 f'response distillation, but model.loss_weights.kd={kd}: set '
                 'loss_weights.kd > 0 or kd_projection=False.')
         if enabled:
-            return nn.Linear(self.feat_dim, self.teacher_feat_dim)
+            # Drawn from a forked generator: switching the distillation on
+            # must not shift the random stream that then initialises the
+            # networks and the queues, so that runs with and without it
+            # start from the same weights (a paired ablation). The fork's
+            # seed is derived from the run's seed, so it is reproducible.
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed((torch.initial_seed() + 1) % 2**63)
+                return nn.Linear(self.feat_dim, self.teacher_feat_dim)
         if kd > 0 and self.feat_dim != self.teacher_feat_dim:
             raise ValueError(
                 f'model.loss_weights.kd={kd} compares the student query '

@@ -402,6 +402,31 @@ def test__kd_projection_is_trained_by_the_distillation():
     assert 'kd_projection.weight' in model.state_dict()
 
 
+def test__the_kd_projection_leaves_the_initialisation_unchanged():
+    # Same seed, distillation off / on: every weight, buffer and queue
+    # that both models have is identical after init_weights (a paired
+    # ablation); only the projection is new.
+    states = []
+    for overrides in (dict(),
+                      dict(loss_weights=dict(kd=0.5), kd_projection=True)):
+        torch.manual_seed(0)
+        model = MODELS.build(_dims_differ(**overrides))
+        model.init_weights()
+        states.append(model.state_dict())
+    plain, with_kd = states
+    assert set(with_kd) - set(plain) == {
+        'kd_projection.weight', 'kd_projection.bias'
+    }
+    for key, value in plain.items():
+        torch.testing.assert_close(with_kd[key], value, msg=key)
+    # And the projection itself is reproducible from the seed.
+    torch.manual_seed(0)
+    again = MODELS.build(
+        _dims_differ(loss_weights=dict(kd=0.5), kd_projection=True))
+    torch.testing.assert_close(again.kd_projection.weight,
+                               with_kd['kd_projection.weight'])
+
+
 def _export_teacher(state, out_dir):
     """ExportWeightsHook's teacher file: ``{'state_dict': {'backbone.*'}}``.
     """
