@@ -7,7 +7,7 @@
 # benchmarks/results/quality_small4k_<dataset>_seed<S>_<variant>.json so that
 # two runs never write one file.
 #
-# A study of ~24 arms of 1-2 core-hours each spans sessions: run this again
+# A study of 42 arms of 1-2 core-hours each spans sessions: run this again
 # and it goes on where it stopped. Arms whose file already holds their record
 # are skipped; an interrupted arm continues from its last checkpoint
 # (quality.py --resume, checkpoints every 500 iterations). Then the summary:
@@ -39,24 +39,35 @@ while [ $# -gt 0 ]; do
   shift
 done
 
-# Order: what answers the most first. Seed 0 of MoCo v2 and ReKD on both
-# data sets, then the ablation and the oracle, then the reference rows (kNN
-# and probe only, except the supervised ceiling), then seeds 1 and 2.
+# Order: what answers the most first. Seed 0 of MoCo v2, ReKD, ReKD without
+# relations and ReKD with response KD (`_kd1`, session 9: the one variant
+# whose subset curve ended above MoCo v2's) on both data sets; then seeds 1
+# and 2 of the target comparison (MoCo v2 vs ReKD + KD); then the rest of
+# seed 0 (KD without relations, the oracle, the reference rows: kNN and
+# probe only, except the supervised ceiling); then the other ablations of
+# seeds 1 and 2.
 plan() {
   local seed dataset variant
-  for seed in 0 1 2; do
-    for variant in mocov2 rekd rekd_no_relation rekd_oracle; do
+  for variant in mocov2 rekd rekd_no_relation rekd_kd1; do
+    for dataset in cifar10 fashion-mnist; do echo "$dataset 0 $variant"; done
+  done
+  for seed in 1 2; do
+    for variant in mocov2 rekd_kd1; do
       for dataset in cifar10 fashion-mnist; do
         echo "$dataset $seed $variant"
       done
     done
-    if [ "$seed" = 0 ]; then
-      for variant in untrained pixels supervised; do
-        for dataset in cifar10 fashion-mnist; do
-          echo "$dataset $seed $variant"
-        done
+  done
+  for variant in rekd_no_relation_kd1 rekd_oracle untrained pixels \
+      supervised; do
+    for dataset in cifar10 fashion-mnist; do echo "$dataset 0 $variant"; done
+  done
+  for seed in 1 2; do
+    for variant in rekd rekd_no_relation rekd_no_relation_kd1 rekd_oracle; do
+      for dataset in cifar10 fashion-mnist; do
+        echo "$dataset $seed $variant"
       done
-    fi
+    done
   done
 }
 

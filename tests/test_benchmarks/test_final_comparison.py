@@ -11,7 +11,8 @@ import textwrap
 from tests.toy_configs import REPO_ROOT
 
 SCRIPT = osp.join(REPO_ROOT, 'benchmarks', 'final_comparison.sh')
-VARIANTS = ('mocov2', 'rekd', 'rekd_no_relation', 'rekd_oracle')
+VARIANTS = ('mocov2', 'rekd', 'rekd_no_relation', 'rekd_kd1',
+            'rekd_no_relation_kd1', 'rekd_oracle')
 DATASETS = ('cifar10', 'fashion-mnist')
 
 
@@ -37,15 +38,18 @@ def _result(tmp_path, dataset, seed, variant, records):
 
 def test__plan_order_and_finished_arms_skipped(tmp_path):
     plan = _run(tmp_path, '--dry-run').stdout.split('\n')[:-1]
-    # 3 seeds × 4 variants × 2 data sets, and 3 reference rows × 2 for
-    # seed 0 only.
-    assert len(plan) == 3 * 4 * 2 + 3 * 2
+    # 3 seeds × 6 variants × 2 data sets, and 3 reference rows × 2 for
+    # seed 0 only, each once.
+    assert len(plan) == len(set(plan)) == 3 * 6 * 2 + 3 * 2
     assert plan[:4] == [
         'cifar10 0 mocov2', 'fashion-mnist 0 mocov2', 'cifar10 0 rekd',
         'fashion-mnist 0 rekd'
     ]
     assert plan[-1] == 'fashion-mnist 2 rekd_oracle'
     assert 'cifar10 1 supervised' not in plan
+    # The target comparison's other seeds come before the ablations.
+    assert plan.index('fashion-mnist 2 rekd_kd1') < plan.index(
+        'cifar10 0 rekd_oracle') < plan.index('cifar10 1 rekd')
     # A finished arm's file holds its record; a file with another record
     # (e.g. written by hand) does not make the arm finished.
     _result(tmp_path, 'cifar10', 0, 'mocov2',
@@ -85,7 +89,7 @@ def test__every_arm_runs_once_with_resume_then_nothing_is_left(tmp_path):
     proc = _run(tmp_path, python=str(fake))
     assert proc.returncode == 0, proc.stderr
     lines = calls.read_text().split('\n')[:-1]
-    assert len(lines) == 30
+    assert len(lines) == 42
     for line in lines:
         args = line.split()
         assert args[0] == 'benchmarks/quality.py' and '--resume' in args
@@ -94,14 +98,14 @@ def test__every_arm_runs_once_with_resume_then_nothing_is_left(tmp_path):
         assert args[args.index('--work-root') + 1] == \
             f'{tmp_path}/work_seed{seed}'
     runs = {(a.split()[4], a.split()[8], a.split()[6]) for a in lines}
-    assert len(runs) == 30
+    assert len(runs) == 42
     # One preflight before any arm, over the data sets and variants left.
     checks = preflight.read_text().split('\n')[:-1]
     assert len(checks) == 1
     args = checks[0].split()
     datasets = args[args.index('--datasets') + 1:args.index('--variants')]
     assert datasets == ['cifar10', 'fashion-mnist']
-    assert len(set(args) & set(VARIANTS)) == 4
+    assert len(set(args) & set(VARIANTS)) == 6
     again = _run(tmp_path, python=str(fake))
     assert again.stdout.strip() == 'every arm is finished'
 
