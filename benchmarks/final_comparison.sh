@@ -46,29 +46,21 @@ done
 # seed 0 (KD without relations, the oracle, the reference rows: kNN and
 # probe only, except the supervised ceiling); then the other ablations of
 # seeds 1 and 2.
+# One line per arm: every data set for each seed of $1 and variant of $2.
+arms() {
+  local seed variant dataset
+  for seed in $1; do
+    for variant in $2; do
+      for dataset in cifar10 fashion-mnist; do echo "$dataset $seed $variant"; done
+    done
+  done
+}
+
 plan() {
-  local seed dataset variant
-  for variant in mocov2 rekd rekd_no_relation rekd_kd1; do
-    for dataset in cifar10 fashion-mnist; do echo "$dataset 0 $variant"; done
-  done
-  for seed in 1 2; do
-    for variant in mocov2 rekd_kd1; do
-      for dataset in cifar10 fashion-mnist; do
-        echo "$dataset $seed $variant"
-      done
-    done
-  done
-  for variant in rekd_no_relation_kd1 rekd_oracle untrained pixels \
-      supervised; do
-    for dataset in cifar10 fashion-mnist; do echo "$dataset 0 $variant"; done
-  done
-  for seed in 1 2; do
-    for variant in rekd rekd_no_relation rekd_no_relation_kd1 rekd_oracle; do
-      for dataset in cifar10 fashion-mnist; do
-        echo "$dataset $seed $variant"
-      done
-    done
-  done
+  arms 0 'mocov2 rekd rekd_no_relation rekd_kd1'
+  arms '1 2' 'mocov2 rekd_kd1'
+  arms 0 'rekd_no_relation_kd1 rekd_oracle untrained pixels supervised'
+  arms '1 2' 'rekd rekd_no_relation rekd_no_relation_kd1 rekd_oracle'
 }
 
 result_file() { echo "$RESULTS/quality_small4k_$1_seed$2_$3.json"; }
