@@ -45,7 +45,9 @@ git commit and every run's overrides), a Markdown table next to it
 The JSON is rewritten after every run, so a long benchmark that stops keeps
 what it finished. The training subprocesses and the reading of what they
 logged are in ``train_runs.py`` (shared with ``regime_search.py``), the
-scoring in ``quality_eval.py``.
+variant grammar in ``quality_variants.py``, the scoring in
+``quality_eval.py``, the JSON / Markdown / plot in ``quality_report.py``;
+this file plans the runs and drives them.
 
 Examples::
 
@@ -60,388 +62,29 @@ Examples::
 """
 import argparse
 import json
-import math
 import os
 import os.path as osp
-import re
 import shlex
 import sys
 import time
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional
 
 # isort: off
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
-from common import (  # noqa: E402
-    command_line, git_dirty, machine_info, markdown_table, variant_colours)
+from common import command_line, git_dirty, machine_info  # noqa: E402
+from quality_report import (  # noqa: E402
+    build_markdown, probe_accuracy, relation_series, write_results)
+from quality_variants import (  # noqa: E402
+    miner_hook_index, offline_teachers, parse_variant, variant_cfg_options)
 from train_runs import (  # noqa: E402
-    DATASETS, REGIME_ITERS, REGIMES, REPO_ROOT, check_data, dataset_options,
+    DATASETS, REGIME_ITERS, REGIMES, check_data, dataset_options,
     last_checkpoint, load_cfg, read_all_scalars, read_scalars, run_train,
     train_loop_seconds)
 # isort: on
 
-__all__ = [
-    'RELATION_KEYS', 'parse_variant', 'variant_cfg_options', 'relation_series',
-    'probe_accuracy', 'build_markdown', 'plot_relation', 'main'
-]
-
-# Statistics that ReKD logs every iteration (see ReKD._relation_stats).
-RELATION_KEYS = ('relation_precision', 'proto_in_use',
-                 'relation_pos_per_anchor', 'proto_assigned_ratio')
-
-_MODIFIER = re.compile(r'_(?:k(?P<k>\d+)|kd(?P<kd>\d+(?:\.\d+)?|\.\d+)'
-                       r'|theta(?P<theta>-?\d+(?:\.\d+)?|-?\.\d+)'
-                       r'|(?P<flag>no_relation|offline|oracle))')
-
-# Reference rows: no self-supervised pretraining (docs/quality.md).
-# ``untrained``: a freshly initialised student; ``pixels``: raw pixels;
-# ``supervised``: the student trained with labels and cross-entropy at the
-# same budget (the ceiling).
-REFERENCES = ('untrained', 'pixels', 'supervised')
+__all__ = ['parse_args', 'main']
 
 
-def parse_variant(name: str) -> dict:
-    """Parse a variant name into what it changes.
-
-    Args:
-        name (str): ``'mocov2'`` or ``'rekd'`` followed by any of the
-            modifiers ``_k{K}``, ``_theta{Θ}``, ``_kd{W}``,
-            ``_no_relation``, ``_offline``, ``_oracle`` (each at most once).
-
-    Returns:
-        dict: ``name``, ``algorithm`` (``'mocov2'`` or ``'rekd'``),
-        ``num_prototypes`` (int or None), ``threshold`` (float or None),
-        ``kd_weight`` (float or None), ``no_relation``, ``offline`` and
-        ``oracle`` (bool).
-    """
-    spec = dict(
-        name=name,
-        algorithm=None,
-        num_prototypes=None,
-        threshold=None,
-        kd_weight=None,
-        no_relation=False,
-        offline=False,
-        oracle=False)
-    grammar = ("'mocov2', 'untrained', 'pixels', 'supervised', or 'rekd' "
-               'followed by any of _k{K}, _theta{Θ}, _kd{W}, _no_relation, '
-               "_offline, _oracle (e.g. 'rekd_k50_theta0.7')")
-    if name in REFERENCES:
-        spec['algorithm'] = name
-        return spec
-    if name == 'mocov2':
-        spec['algorithm'] = 'mocov2'
-        return spec
-    if not name.startswith('rekd'):
-        raise ValueError(f'unknown variant {name!r}: expected {grammar}')
-    spec['algorithm'] = 'rekd'
-    rest, seen = name[len('rekd'):], set()
-    while rest:
-        match = _MODIFIER.match(rest)
-        if match is None:
-            raise ValueError(f'unknown variant {name!r}: cannot parse '
-                             f'{rest!r}; expected {grammar}')
-        key = match.lastgroup
-        token = match.group(key)
-        what = token if key == 'flag' else key
-        if what in seen:
-            raise ValueError(f'variant {name!r} sets {what} twice')
-        seen.add(what)
-        if key == 'k':
-            spec['num_prototypes'] = int(token)
-            if spec['num_prototypes'] < 1:
-                raise ValueError(f'variant {name!r}: K must be >= 1')
-        elif key == 'theta':
-            spec['threshold'] = float(token)
-            if not -1.0 <= spec['threshold'] <= 1.0:
-                raise ValueError(f'variant {name!r}: Θ must lie in [-1, 1] '
-                                 '(a cosine similarity)')
-        elif key == 'kd':
-            spec['kd_weight'] = float(token)
-            if spec['kd_weight'] <= 0:
-                raise ValueError(f'variant {name!r}: the KD weight must be '
-                                 '> 0 (without the modifier it is 0)')
-        else:
-            spec[token] = True
-        rest = rest[match.end():]
-    return spec
-
-
-def variant_cfg_options(spec: dict,
-                        iters: int,
-                        miner_hook_index: Optional[int] = None,
-                        miner_init_iter: Optional[int] = None,
-                        offline_teacher: Optional[str] = None,
-                        offline_prefix: str = '') -> List[str]:
-    """The ``--cfg-options`` that turn the paired config into a variant.
-
-    Args:
-        spec (dict): A :func:`parse_variant` result. ``_oracle`` takes the
-            student's extra positives from the labels
-            (``model.relation_source=oracle_labels``): an analysis upper
-            bound that trains with labels, never a competitor.
-        iters (int): ``train_cfg.max_iters`` of the run.
-        miner_hook_index (int, optional): Index of ``RelationMinerHook`` in
-            the ReKD config's ``custom_hooks``. Required for
-            ``_no_relation`` and ``miner_init_iter``. Defaults to None.
-        miner_init_iter (int, optional): Iteration at which the bank is
-            clustered (``init_iter`` of the hook). Defaults to None (the
-            config's).
-        offline_teacher (str, optional): Teacher checkpoint of
-            ``_offline``. Defaults to None.
-        offline_prefix (str): Prefix before ``backbone.``/``neck.`` in that
-            checkpoint (``''`` for MoCo). Defaults to ''.
-
-    Returns:
-        list[str]: ``key=value`` strings (mmengine ``DictAction`` syntax).
-    """
-    options = []
-    if spec['algorithm'] != 'rekd':
-        return options
-    if miner_init_iter is not None or spec['no_relation']:
-        if miner_hook_index is None:
-            raise ValueError(f"variant {spec['name']!r}: the ReKD config has "
-                             'no RelationMinerHook in custom_hooks')
-        # Never clustered: no mined positive, the student's loss is InfoNCE.
-        init_iter = iters + 1 if spec['no_relation'] else miner_init_iter
-        options.append(
-            f'custom_hooks.{miner_hook_index}.init_iter={init_iter}')
-        if spec['no_relation']:
-            # The hook refuses a run that never mines unless told so.
-            options.append(
-                f'custom_hooks.{miner_hook_index}.allow_no_mining=True')
-    if spec['num_prototypes'] is not None:
-        options.append(f"model.miner.num_prototypes={spec['num_prototypes']}")
-    if spec['threshold'] is not None:
-        options.append(f"model.miner.threshold={spec['threshold']}")
-    if spec['oracle']:
-        options.append('model.relation_source=oracle_labels')
-    if spec['kd_weight'] is not None:
-        # Through the student's own map into the teacher's space
-        # (docs/method.md #21), so that the student's contrastive space is
-        # not forced onto the teacher's.
-        options += [
-            f"model.loss_weights.kd={spec['kd_weight']}",
-            'model.kd_projection=True'
-        ]
-    if spec['offline']:
-        if not offline_teacher:
-            raise ValueError(f"variant {spec['name']!r} needs "
-                             '--offline-teacher CKPT (or DATASET=CKPT)')
-        options += [
-            f'model.teacher_pretrained.checkpoint={offline_teacher}',
-            f'model.teacher_pretrained.prefix={offline_prefix}'
-        ]
-    return options
-
-
-# --------------------------------------------------------------------------
-# Reading what a run logged
-# --------------------------------------------------------------------------
-def relation_series(entries: List[dict],
-                    keys: Sequence[str] = RELATION_KEYS) -> Dict[str, list]:
-    """``[iteration, value]`` pairs of each statistic in training entries.
-
-    A value is the mean over the log processor's window, as logged.
-    ``relation_precision`` is only present at iterations where some mined
-    pair had known labels.
-    """
-    series = {key: [] for key in keys}
-    for entry in entries:
-        if 'iter' not in entry:  # validation entries have no 'iter'
-            continue
-        for key in keys:
-            if key in entry and math.isfinite(float(entry[key])):
-                series[key].append([int(entry['iter']), float(entry[key])])
-    return series
-
-
-def probe_accuracy(entries: List[dict]) -> Dict:
-    """Validation top-1/top-5 of a linear probe, per epoch and final."""
-    epochs = [
-        dict(
-            epoch=int(e.get('step', i + 1)),
-            top1=float(e['accuracy/top1']),
-            top5=float(e['accuracy/top5']) if 'accuracy/top5' in e else None)
-        for i, e in enumerate(x for x in entries if 'accuracy/top1' in x)
-    ]
-    if not epochs:
-        raise ValueError('the linear probe logged no accuracy/top1: was '
-                         'validation disabled (val_interval)?')
-    return dict(
-        top1=epochs[-1]['top1'], top5=epochs[-1]['top5'], epochs=epochs)
-
-
-# --------------------------------------------------------------------------
-# Planning
-# --------------------------------------------------------------------------
-def _miner_hook_index(config: str) -> Optional[int]:
-    from mmengine.config import Config
-    hooks = Config.fromfile(osp.join(REPO_ROOT, config)).get(
-        'custom_hooks', []) or []
-    for i, hook in enumerate(hooks):
-        if hook.get('type') in ('RelationMinerHook',
-                                'mmpretrain.RelationMinerHook'):
-            return i
-    return None
-
-
-def _offline_teachers(values: Optional[List[str]],
-                      datasets: List[str]) -> Dict[str, str]:
-    """``--offline-teacher`` as ``{dataset: checkpoint}``."""
-    teachers = {}
-    for value in values or []:
-        name, sep, path = value.partition('=')
-        if sep and name in DATASETS:
-            teachers[name] = path
-        else:
-            teachers.update({d: value for d in datasets})
-    for name, path in teachers.items():
-        if not osp.isfile(path):
-            raise FileNotFoundError(
-                f'--offline-teacher for {name}: {path} does not exist')
-        teachers[name] = osp.abspath(path)
-    return teachers
-
-
-# --------------------------------------------------------------------------
-# Reporting
-# --------------------------------------------------------------------------
-def _fmt(value, digits: int = 2):
-    return None if value is None else round(float(value), digits)
-
-
-def build_markdown(results: Dict) -> str:
-    """The Markdown summary: one row per data set and variant."""
-    records = results['records']
-    settings = results['settings']
-    knn_k = settings['knn_k']
-    headers = [
-        'dataset', 'variant', f'student kNN top-1 (k={knn_k})', 'Δ vs MoCo v2',
-        'student probe top-1', f'teacher kNN top-1 (k={knn_k})',
-        'teacher probe top-1', 'relation precision (last)', 'train loop (min)'
-    ]
-    rows = []
-    for rec in records:
-        rows.append([
-            rec['dataset'], rec['variant'],
-            _fmt(rec['student_knn_top1']),
-            _fmt(rec.get('delta_vs_mocov2')),
-            _fmt(rec.get('student_probe_top1')),
-            _fmt(rec.get('teacher_knn_top1')),
-            _fmt(rec.get('teacher_probe_top1')),
-            _fmt(rec.get('relation_precision_last'), 3),
-            _fmt(rec['train_loop_s'] /
-                 60, 1) if rec.get('train_loop_s') is not None else None
-        ])
-    knn_sizes = ', '.join(
-        sorted({
-            f"{r['dataset']}: {r['knn']['student']['num_train']} train / "
-            f"{r['knn']['student']['num_val']} val"
-            for r in records
-        }))
-    lines = [
-        f"# ReKD vs MoCo v2: student quality ({settings['iters']} iterations, "
-        f"seed {settings['seed']})",
-        '',
-        markdown_table(headers, rows),
-        '',
-        f'kNN: weighted, T=0.07, on {knn_sizes or "-"}. Probe: ' +
-        ('multinomial logistic regression on the frozen, un-augmented '
-         'features (standardised; L-BFGS to convergence; L2 penalty chosen '
-         'on a held-out tenth of the training split). ' if settings.get(
-             'feature_probe', True) else 'not run '
-         '(--no-feature-probe). ') + 'Reference rows: '
-        '`untrained` (a freshly initialised student), `pixels` (raw pixels, '
-        'centred), `supervised` (labels + cross-entropy, same budget). '
-        '`_oracle` variants take their relations from the labels (analysis '
-        'upper bound). Relation precision: share of mined positive pairs of '
-        'the same class, last logged value (window mean). Train loop: the '
-        'logged iteration times summed, every iteration once (a run split '
-        'across sessions counts like an uncut one; start-up and scoring '
-        'excluded).',
-        '',
-        *[
-            f'Command: `{command}`  '
-            for command in results.get('commands', [results['command']])
-        ],
-        f"Commit: `{results['git_commit']}`" +
-        (' (uncommitted changes)' if results.get('git_dirty') else '') +
-        f"; machine: {results['machine']['cpu_model']}, "
-        f"{results['machine']['usable_cores']} usable cores, "
-        f"{settings['threads']} thread(s) per run.",
-    ]
-    return '\n'.join(lines)
-
-
-def plot_relation(results: Dict, path: str) -> None:
-    """Relation precision and positives per anchor over iterations, one
-    column per data set, one line per variant (matplotlib, Agg)."""
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-
-    datasets = list(dict.fromkeys(r['dataset'] for r in results['records']))
-    datasets = datasets or ['-']
-    colours = variant_colours(r['variant'] for r in results['records'])
-    rows = (('relation_precision', 'relation precision'),
-            ('relation_pos_per_anchor', 'mined positives / anchor'))
-    fig, axes = plt.subplots(
-        len(rows),
-        len(datasets),
-        figsize=(5 * len(datasets), 3.2 * len(rows)),
-        squeeze=False)
-    for col, dataset in enumerate(datasets):
-        for row, (key, label) in enumerate(rows):
-            ax = axes[row][col]
-            plotted = False
-            for rec in results['records']:
-                points = rec.get('relation', {}).get(key) or []
-                if rec['dataset'] != dataset or not points:
-                    continue
-                xs, ys = zip(*points)
-                ax.plot(
-                    xs,
-                    ys,
-                    marker='.',
-                    color=colours[rec['variant']],
-                    label=rec['variant'])
-                plotted = True
-            if not plotted:
-                ax.text(
-                    0.5,
-                    0.5,
-                    'no relation mined',
-                    ha='center',
-                    va='center',
-                    transform=ax.transAxes)
-            else:
-                ax.legend(fontsize='small')
-            ax.set_title(f'{dataset}: {label}', fontsize='medium')
-            ax.set_xlabel('iteration')
-            ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
-def _write(results: Dict, out: str) -> Dict[str, str]:
-    """JSON, Markdown (``.md``) and plot (``.png``) next to each other."""
-    os.makedirs(osp.dirname(osp.abspath(out)), exist_ok=True)
-    stem = osp.splitext(out)[0]
-    paths = dict(json=out, markdown=stem + '.md', plot=stem + '.png')
-    results['outputs'] = paths
-    with open(paths['json'], 'w') as f:
-        json.dump(results, f, indent=2)
-        f.write('\n')
-    with open(paths['markdown'], 'w') as f:
-        f.write(build_markdown(results).rstrip() + '\n')
-    plot_relation(results, paths['plot'])
-    return paths
-
-
-# --------------------------------------------------------------------------
-# Main
-# --------------------------------------------------------------------------
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description='Student quality of ReKD vs MoCo v2 (kNN, linear probe, '
@@ -616,14 +259,14 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 
 def _plan(args) -> List[Dict]:
     """Every run: data set, variant, config and overrides."""
-    teachers = _offline_teachers(args.offline_teacher, args.datasets) if any(
+    teachers = offline_teachers(args.offline_teacher, args.datasets) if any(
         s['offline'] for s in args.specs) else {}
     plan = []
     for dataset in args.datasets:
         check_data(dataset, args.cifar_root)
         paths = REGIMES[args.regime][dataset]
         data_opts = dataset_options(dataset, args.cifar_root)
-        hook_index = _miner_hook_index(paths['rekd'])
+        hook_index = miner_hook_index(paths['rekd'])
         for spec in args.specs:
             if spec['offline'] and dataset not in teachers:
                 raise ValueError(
@@ -900,7 +543,7 @@ def main(argv: Optional[List[str]] = None) -> Dict:
                 r['student_knn_top1'] - base)
         results['total_wall_s'] = time.perf_counter() - start
         # Rewritten after every run: a long benchmark keeps what it did.
-        paths = _write(results, out)
+        paths = write_results(results, out)
     print(build_markdown(results))
     print('\n'.join(f'{k}: {v}' for k, v in paths.items()))
     return results
