@@ -22,10 +22,18 @@ selection rule would mine from the same keys:
 
 Each row gives the pairwise precision (share of relations whose labels
 agree; chance is about 1 / classes), the relations per anchor and the share
-of anchors with at least one. It needs no data and no forward pass; its
-caveat is that the anchors are queued keys, where training mines from the
-fresh keys of the current batch (both are augmented views from the same
-momentum teacher, at most ``queue_len / batch`` iterations apart).
+of anchors with at least one. A second table says where the ``bank``
+rule's wrong relations go: the class pairs they join, each with its share of
+the wrong relations and the share a class-blind choice among the same slots
+would give it (its share of all different-class slot pairs). Wrong relations
+spread like chance merge unrelated classes a little each; wrong relations
+concentrated on a few pairs merge exactly the classes the student has to
+tell apart (``--class-names`` prints the pairs by name).
+
+It needs no data and no forward pass; its caveat is that the anchors are
+queued keys, where training mines from the fresh keys of the current batch
+(both are augmented views from the same momentum teacher, at most
+``queue_len / batch`` iterations apart).
 
 Example::
 
@@ -43,6 +51,16 @@ import torch
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 from common import command_line  # noqa: E402
 from common import machine_info, markdown_table, write_results  # noqa: E402
+
+# The label order of mmpretrain's datasets (mmpretrain.datasets.categories),
+# written out so that this script reads checkpoints without importing
+# mmpretrain.
+CLASS_NAMES = {
+    'cifar10': ('airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog',
+                'horse', 'ship', 'truck'),
+    'fashion-mnist': ('T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat',
+                      'Sandal', 'Shirt', 'Sneaker', 'Bag', 'Ankle boot'),
+}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -83,12 +101,24 @@ def parse_args(argv=None) -> argparse.Namespace:
         nargs='+',
         default=[1, 5, 20, 60, 200],
         help='numbers of nearest slots')
+    parser.add_argument(
+        '--top-pairs',
+        type=int,
+        default=5,
+        help='class pairs listed in the table of wrong relations')
+    parser.add_argument(
+        '--class-names',
+        choices=sorted(CLASS_NAMES),
+        default=None,
+        help='name the classes of the table of wrong relations')
     parser.add_argument('--seed', type=int, default=0, help='k-means seed')
     parser.add_argument('--out', help='JSON path (a .md table next to it)')
     args = parser.parse_args(argv)
     for name in ('num_prototypes', 'caps', 'nearest'):
         if min(getattr(args, name)) < 1:
             parser.error(f"--{name.replace('_', '-')} values must be >= 1")
+    if args.top_pairs < 1:
+        parser.error('--top-pairs must be >= 1')
     for value in [args.threshold, *args.thresholds]:
         if not -1 <= value <= 1:
             parser.error(f'thresholds must lie in [-1, 1], got {value}')
@@ -153,6 +183,54 @@ def same_prototype(keys: torch.Tensor, prototypes: torch.Tensor,
     return relations
 
 
+def wrong_pairs(relations: torch.Tensor, labels: torch.Tensor,
+                top: int) -> Dict:
+    """Where the wrong relations of a ``(L, L)`` mask go, by class pair.
+
+    With ``O`` the ``(L, C)`` one-hot labels, ``O^T R O`` counts the ordered
+    relations between every two classes; its off-diagonal holds the wrong
+    ones. A class-blind choice of the same number of wrong relations would
+    pick the pair ``{a, b}`` in proportion to its different-class slot
+    pairs, ``2 n_a n_b``.
+
+    Args:
+        relations (Tensor): ``(L, L)`` bool mask without self-relations.
+        labels (Tensor): ``(L,)`` class indices of the slots.
+        top (int): Number of pairs returned, most wrong relations first.
+
+    Returns:
+        dict: ``wrong`` (number of wrong ordered relations), ``pairs`` (the
+        ``top`` unordered class pairs: ``classes``, ``share`` of the wrong
+        relations, ``chance_share``, ``enrichment`` = share / chance share),
+        ``top_share`` and ``top_chance_share`` (their sums).
+    """
+    num_classes = int(labels.max()) + 1
+    one_hot = torch.nn.functional.one_hot(labels, num_classes).double()
+    counts = one_hot.t() @ relations.double() @ one_hot
+    sizes = one_hot.sum(0)
+    upper = torch.triu_indices(num_classes, num_classes, offset=1)
+    # Unordered pairs: both directions of every relation.
+    wrong = (counts + counts.t())[upper[0], upper[1]]
+    chance = 2 * (sizes[:, None] * sizes[None])[upper[0], upper[1]]
+    total = float(wrong.sum())
+    chance_share = chance / chance.sum()
+    share = wrong / total if total else torch.zeros_like(wrong)
+    order = torch.argsort(share, descending=True, stable=True)[:top]
+    pairs = [
+        dict(
+            classes=[int(upper[0, i]), int(upper[1, i])],
+            share=float(share[i]),
+            chance_share=float(chance_share[i]),
+            enrichment=float(share[i] / chance_share[i]))
+        for i in order.tolist()
+    ]
+    return dict(
+        wrong=int(total),
+        pairs=pairs,
+        top_share=sum(p['share'] for p in pairs),
+        top_chance_share=sum(p['chance_share'] for p in pairs))
+
+
 def selection_rows(queue: Dict[str, torch.Tensor], threshold: float,
                    thresholds: List[float], num_prototypes: List[int],
                    caps: List[int], nearest: List[int],
@@ -189,6 +267,23 @@ def selection_rows(queue: Dict[str, torch.Tensor], threshold: float,
     return rows
 
 
+def _wrong_pairs_markdown(confusion: Dict, class_names: str = None) -> str:
+    names = CLASS_NAMES.get(class_names)
+
+    def pair(classes):
+        return ' – '.join(names[c] if names else str(c) for c in classes)
+
+    table = markdown_table([
+        'class pair', 'share of wrong relations', 'chance share', 'enrichment'
+    ], [[pair(p['classes']), p['share'], p['chance_share'], p['enrichment']]
+        for p in confusion['pairs']] + [[
+            f"top {len(confusion['pairs'])}", confusion['top_share'],
+            confusion['top_chance_share'], None
+        ]])
+    return (f"Wrong relations of the bank rule by class pair "
+            f"({confusion['wrong']} ordered relations):\n\n{table}")
+
+
 def main(argv=None) -> Dict:
     args = parse_args(argv)
     torch.manual_seed(args.seed)
@@ -201,6 +296,8 @@ def main(argv=None) -> Dict:
             num_prototypes=args.num_prototypes,
             caps=args.caps,
             nearest=args.nearest,
+            top_pairs=args.top_pairs,
+            class_names=args.class_names,
             seed=args.seed),
         runs={})
     lines = []
@@ -209,8 +306,14 @@ def main(argv=None) -> Dict:
         rows = selection_rows(queue, args.threshold, args.thresholds,
                               args.num_prototypes, args.caps, args.nearest,
                               args.seed)
+        confusion = wrong_pairs(
+            same_prototype(queue['keys'], queue['prototypes'], args.threshold),
+            queue['labels'], args.top_pairs)
         results['runs'][name] = dict(
-            checkpoint=checkpoint, slots=len(queue['keys']), rows=rows)
+            checkpoint=checkpoint,
+            slots=len(queue['keys']),
+            rows=rows,
+            wrong_pairs=confusion)
         table = markdown_table(
             ['rule', 'precision', 'relations / anchor', 'coverage'], [[
                 r['rule'], r['precision'], r['positives_per_anchor'],
@@ -218,9 +321,10 @@ def main(argv=None) -> Dict:
             ] for r in rows])
         lines += [
             f'### {name} ({len(queue["keys"])} slots, `{checkpoint}`)', '',
-            table, ''
+            table, '',
+            _wrong_pairs_markdown(confusion, args.class_names), ''
         ]
-        print(lines[-4], table, sep='\n')
+        print('\n'.join(lines[-6:]))
     markdown = '\n'.join([
         '# Relation selection on the teacher queue', '', *lines,
         f'Command: `{results["command"]}`'

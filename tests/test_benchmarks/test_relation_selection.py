@@ -75,6 +75,45 @@ def test__precisions_match_the_closed_form(selection, tmp_path):
     assert osp.exists(tmp_path / 'sel.md')
 
 
+def test__wrong_pairs_match_a_hand_count(selection):
+    # Six slots, two per class. Relations (both directions): 0-2 and 1-3
+    # join classes 0 and 1 (wrong), 0-4 joins 0 and 2 (wrong), 4-5 is right.
+    labels = torch.tensor([0, 0, 1, 1, 2, 2])
+    relations = torch.zeros(6, 6, dtype=torch.bool)
+    for i, j in ((0, 2), (1, 3), (0, 4), (4, 5)):
+        relations[i, j] = relations[j, i] = True
+    confusion = selection.wrong_pairs(relations, labels, top=2)
+    assert confusion['wrong'] == 6
+    first, second = confusion['pairs']
+    # Every class pair has 2 * 2 * 2 = 8 of the 24 different-class ordered
+    # slot pairs: a chance share of 1/3 each.
+    assert first['classes'] == [0, 1] and second['classes'] == [0, 2]
+    assert first['share'] == pytest.approx(4 / 6)
+    assert second['share'] == pytest.approx(2 / 6)
+    assert first['chance_share'] == pytest.approx(1 / 3)
+    assert first['enrichment'] == pytest.approx(2.0)
+    assert second['enrichment'] == pytest.approx(1.0)
+    assert confusion['top_share'] == pytest.approx(1.0)
+    assert confusion['top_chance_share'] == pytest.approx(2 / 3)
+
+
+def test__wrong_pairs_table_names_the_classes(selection, tmp_path):
+    ckpt = _checkpoint(tmp_path / 'iter_8.pth')
+    out = tmp_path / 'sel.json'
+    results = selection.main([
+        '--run', 'toy', ckpt, '--num-prototypes', '2', '--class-names',
+        'cifar10', '--out',
+        str(out)
+    ])
+    # Slot 3 (class 1) shares cluster e0 with three slots of class 0: the
+    # bank's only wrong relations, 3 pairs in both directions.
+    confusion = results['runs']['toy']['wrong_pairs']
+    assert confusion['wrong'] == 6
+    assert confusion['pairs'][0]['classes'] == [0, 1]
+    assert confusion['pairs'][0]['share'] == pytest.approx(1.0)
+    assert 'airplane – automobile' in (tmp_path / 'sel.md').read_text()
+
+
 def test__uninitialised_bank_and_missing_labels_are_refused(
         selection, tmp_path):
     with pytest.raises(ValueError, match='never initialised'):
