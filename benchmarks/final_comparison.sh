@@ -16,8 +16,14 @@
 #       --out benchmarks/results/quality_small4k_summary.json
 #
 # Usage: bash benchmarks/final_comparison.sh [--dry-run] [--jobs N]
-#   --dry-run  print the arms still to run, in order, and exit
-#   --jobs N   arms at a time (default 2)
+#                                            [--minutes M]
+#   --dry-run    print the arms still to run, in order, and exit
+#   --jobs N     arms at a time (default 2)
+#   --minutes M  start an arm only if its usual time (arm_minutes below)
+#                ends within M minutes of the script's start; the others
+#                are skipped (reported) and wait for the next call. For a
+#                machine lent for a fixed time whose work dirs do not
+#                survive it: an arm cut at the end restarts from scratch.
 set -euo pipefail
 # The whole script is one block, read before any of it runs: bash reads a
 # script as it goes, and this one runs for hours, so an edit of the file (a
@@ -30,10 +36,18 @@ RESULTS=${RESULTS:-benchmarks/results}
 WORK=${WORK:-work_dirs/quality_small4k}  # + _seed<S>/<dataset>/<variant>
 DRY_RUN=0
 JOBS=2
+DEADLINE=''  # epoch seconds, from --minutes
 while [ $# -gt 0 ]; do
   case $1 in
     --dry-run) DRY_RUN=1 ;;
     --jobs) JOBS=$2; shift ;;
+    --minutes)
+      [[ ${2:-} =~ ^[0-9]+$ ]] || {
+        echo "final_comparison.sh: --minutes takes whole minutes, got" \
+          "'${2:-}'" >&2
+        exit 2
+      }
+      DEADLINE=$(($(date +%s) + 60 * $2)); shift ;;
     *) echo "final_comparison.sh: unknown argument $1" >&2; exit 2 ;;
   esac
   shift
@@ -63,6 +77,19 @@ plan() {
   arms '1 2' 'rekd rekd_no_relation rekd_no_relation_kd1 rekd_oracle'
 }
 
+# Usual minutes of an arm, training and scoring, on one core beside another
+# arm (sessions 7-10, docs/quality.md): ReKD trains two networks and scores
+# the teacher too; the reference rows without training are scored only.
+arm_minutes() {
+  case $1 in
+    untrained | pixels) echo 15 ;;
+    supervised) echo 60 ;;
+    mocov2) echo 95 ;;
+    rekd_no_relation*) echo 105 ;;
+    *) echo 125 ;;
+  esac
+}
+
 result_file() { echo "$RESULTS/quality_small4k_$1_seed$2_$3.json"; }
 
 # Whether the arm's result file holds its record (a finished arm).
@@ -82,7 +109,13 @@ EOF
 }
 
 arm() {
-  local dataset=$1 seed=$2 variant=$3
+  local dataset=$1 seed=$2 variant=$3 minutes
+  minutes=$(arm_minutes "$variant")
+  if [ -n "$DEADLINE" ] && (($(date +%s) + 60 * minutes > DEADLINE)); then
+    echo "[$(date -u +%H:%M)] skip   $dataset seed $seed $variant" \
+      "(about $minutes min: would end after --minutes)"
+    return 0
+  fi
   mkdir -p "${WORK}_logs"
   echo "[$(date -u +%H:%M)] start  $dataset seed $seed $variant"
   if "$PYTHON" benchmarks/quality.py --regime small4k --datasets "$dataset" \
@@ -125,8 +158,8 @@ if ! "$PYTHON" benchmarks/quality.py --regime small4k --dry-run \
   tail -n 3 "$preflight_log" >&2
   exit 1
 fi
-export -f arm result_file
-export PYTHON RESULTS WORK
+export -f arm arm_minutes result_file
+export PYTHON RESULTS WORK DEADLINE
 # One arm per line; a failed arm is reported and the others go on.
 echo "$todo" | xargs -P "$JOBS" -L 1 bash -c 'arm "$@"' _
 exit

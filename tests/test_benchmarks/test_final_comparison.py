@@ -61,9 +61,10 @@ def test__plan_order_and_finished_arms_skipped(tmp_path):
     assert plan[0] == 'fashion-mnist 0 mocov2'
 
 
-def test__every_arm_runs_once_with_resume_then_nothing_is_left(tmp_path):
-    # A stand-in for the interpreter: the script's own checks (python -)
-    # run for real; quality.py is replaced by writing the arm's record.
+def _fake_python(tmp_path):
+    """A stand-in for the interpreter: the script's own checks (python -)
+    run for real; quality.py is replaced by writing the arm's record. Its
+    calls go to calls.txt, its dry runs (the preflight) to preflight.txt."""
     calls = tmp_path / 'calls.txt'
     preflight = tmp_path / 'preflight.txt'
     fake = tmp_path / 'python'
@@ -85,7 +86,12 @@ def test__every_arm_runs_once_with_resume_then_nothing_is_left(tmp_path):
         EOF
         '''))
     fake.chmod(0o755)
-    (tmp_path / 'results').mkdir()
+    (tmp_path / 'results').mkdir(exist_ok=True)
+    return fake, calls, preflight
+
+
+def test__every_arm_runs_once_with_resume_then_nothing_is_left(tmp_path):
+    fake, calls, preflight = _fake_python(tmp_path)
     proc = _run(tmp_path, python=str(fake))
     assert proc.returncode == 0, proc.stderr
     lines = calls.read_text().split('\n')[:-1]
@@ -108,6 +114,27 @@ def test__every_arm_runs_once_with_resume_then_nothing_is_left(tmp_path):
     assert len(set(args) & set(VARIANTS)) == 6
     again = _run(tmp_path, python=str(fake))
     assert again.stdout.strip() == 'every arm is finished'
+
+
+def test__minutes_starts_only_arms_that_end_in_time(tmp_path):
+    fake, calls, _ = _fake_python(tmp_path)
+    # 70 minutes hold the reference rows (15, 15, 60) but no pretraining
+    # arm (95 and more): those are reported and left for the next call.
+    proc = _run(tmp_path, '--minutes', '70', python=str(fake))
+    assert proc.returncode == 0, proc.stderr
+    started = {(a.split()[4], a.split()[6])
+               for a in calls.read_text().split('\n')[:-1]}
+    assert started == {(d, v)
+                       for d in DATASETS
+                       for v in ('untrained', 'pixels', 'supervised')}
+    skipped = [line for line in proc.stdout.split('\n') if ' skip ' in line]
+    assert len(skipped) == 36
+    assert any('cifar10 seed 0 rekd_kd1 (about 125 min' in line
+               for line in skipped)
+    plan = _run(tmp_path, '--dry-run').stdout.split('\n')[:-1]
+    assert len(plan) == 36 and 'cifar10 0 supervised' not in plan
+    bad = _run(tmp_path, '--minutes', '1h', python=str(fake))
+    assert bad.returncode == 2 and "got '1h'" in bad.stderr
 
 
 def test__failed_preflight_starts_no_arm(tmp_path):
