@@ -56,24 +56,31 @@ done
 # Order: what answers the most first. Seed 0 of MoCo v2, ReKD, ReKD without
 # relations and ReKD with response KD (`_kd1`, session 9: the one variant
 # whose subset curve ended above MoCo v2's) on both data sets; then seeds 1
-# and 2 of the target comparison (MoCo v2 vs ReKD + KD); then the rest of
-# seed 0 (KD without relations, the oracle, the reference rows: kNN and
-# probe only, except the supervised ceiling); then the other ablations of
-# seeds 1 and 2.
-# One line per arm: every data set for each seed of $1 and variant of $2.
+# and 2 of the target comparison (MoCo v2 vs ReKD + KD) and KD without
+# relations, CIFAR-10 first (session 10: the one data set where `rekd_kd1`
+# of seed 0 ended above MoCo v2); then the rest of seed 0 (the oracle, the
+# reference rows: kNN and probe only, except the supervised ceiling); then
+# the other ablations of seeds 1 and 2.
+# One line per arm: each seed of $1, variant of $2 and data set of $3
+# (default: both).
 arms() {
   local seed variant dataset
   for seed in $1; do
     for variant in $2; do
-      for dataset in cifar10 fashion-mnist; do echo "$dataset $seed $variant"; done
+      for dataset in ${3:-cifar10 fashion-mnist}; do
+        echo "$dataset $seed $variant"
+      done
     done
   done
 }
 
 plan() {
   arms 0 'mocov2 rekd rekd_no_relation rekd_kd1'
-  arms '1 2' 'mocov2 rekd_kd1'
-  arms 0 'rekd_no_relation_kd1 rekd_oracle untrained pixels supervised'
+  for dataset in cifar10 fashion-mnist; do
+    arms '1 2' 'mocov2 rekd_kd1' $dataset
+    arms 0 rekd_no_relation_kd1 $dataset
+  done
+  arms 0 'rekd_oracle untrained pixels supervised'
   arms '1 2' 'rekd rekd_no_relation rekd_no_relation_kd1 rekd_oracle'
 }
 
