@@ -144,7 +144,12 @@ class ReKD(BaseSelfSupervisor):
             rest of other classes (``precision`` in [0, 1]), i.e. relations
             of a set precision and number, like a miner's. Measures how
             precise mined relations must be to help (docs/method.md #25).
-            Defaults to None (all same-class slots).
+            The optional key ``wrong`` says where the wrong ones fall:
+            ``'uniform'`` (default: any written slot of another class) or
+            ``'bank'`` (first the other-class slots the bank relates to the
+            anchor, i.e. the miner's own mistakes, then uniform if there are
+            too few; docs/method.md #26). Defaults to None (all same-class
+            slots).
         relation_warmup_iters (int): The mined positives' share of the
             student's positive weight ramps linearly from 0 to its full value
             over this many iterations after the bank's first clustering (see
@@ -338,12 +343,14 @@ class ReKD(BaseSelfSupervisor):
                 'model.oracle_sample draws relations from the labels: it '
                 "needs model.relation_source='oracle_labels', got "
                 f'{relation_source!r} (remove model.oracle_sample to mine)')
-        if not isinstance(oracle_sample, dict) or \
-                set(oracle_sample) != {'precision', 'positives'}:
+        required = {'precision', 'positives'}
+        if not isinstance(oracle_sample, dict) or not required <= set(
+                oracle_sample) <= required | {'wrong'}:
             raise ValueError(
-                'model.oracle_sample must be a dict with exactly the keys '
+                'model.oracle_sample must be a dict with the keys '
                 "'precision' (float in [0, 1]) and 'positives' (int >= 1), "
-                f'got {oracle_sample!r}')
+                "and optionally 'wrong' ('uniform' or 'bank'), got "
+                f'{oracle_sample!r}')
         precision = oracle_sample['precision']
         positives = oracle_sample['positives']
         if isinstance(precision, bool) or not isinstance(
@@ -354,7 +361,12 @@ class ReKD(BaseSelfSupervisor):
                 or positives < 1:
             raise ValueError('model.oracle_sample.positives must be an '
                              f'integer >= 1, got {positives!r}')
-        return dict(precision=float(precision), positives=positives)
+        wrong = oracle_sample.get('wrong', 'uniform')
+        if wrong not in ('uniform', 'bank'):
+            raise ValueError("model.oracle_sample.wrong must be 'uniform' or "
+                             f"'bank', got {wrong!r}")
+        return dict(
+            precision=float(precision), positives=positives, wrong=wrong)
 
     @staticmethod
     def _check_neck_widths(neck: dict, teacher_neck: dict, feat_dim: int,
@@ -839,13 +851,14 @@ class ReKD(BaseSelfSupervisor):
             return None, None
         anchors = self.mining_space(teacher_keys, center)
         anchor_assign, _ = self.miner.assign(anchors)
+        bank_mask = anchor_assign[:, None] == self.queue_assign[None]
+        bank_mask &= (anchor_assign >= 0)[:, None]
         if self.relation_source == 'oracle_labels':
             pos_mask = self.oracle_relations(labels)
             if self.oracle_sample is not None:
-                pos_mask = self.sample_oracle_relations(pos_mask)
+                pos_mask = self.sample_oracle_relations(pos_mask, bank_mask)
         else:
-            pos_mask = anchor_assign[:, None] == self.queue_assign[None]
-            pos_mask &= (anchor_assign >= 0)[:, None]
+            pos_mask = bank_mask
         if self.max_positives is not None:
             pos_mask = self.cap_positives(pos_mask,
                                           anchors @ self._mining_queue())
@@ -863,8 +876,10 @@ class ReKD(BaseSelfSupervisor):
         # Unwritten slots carry -1 and so never match a real label.
         return labels[:, None] == self.queue_labels[None]
 
-    def sample_oracle_relations(self,
-                                same_class: torch.Tensor) -> torch.Tensor:
+    def sample_oracle_relations(
+            self,
+            same_class: torch.Tensor,
+            bank_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Analysis only: relations of a set precision and number
         (``model.oracle_sample``), drawn from the label-equality mask.
 
@@ -875,9 +890,16 @@ class ReKD(BaseSelfSupervisor):
         resumed run draws what an uninterrupted one would, and the global
         random stream (data augmentation) is left untouched.
 
+        With ``wrong='bank'`` the wrong slots are the bank's own mistakes
+        (slots of another class that share the anchor's prototype) before
+        any other: same precision and number, errors where the teacher
+        confuses classes rather than spread over all of them.
+
         Args:
             same_class (Tensor): ``(N, L)`` label-equality mask from
                 :meth:`oracle_relations`.
+            bank_mask (Tensor, optional): ``(N, L)`` the bank's relations;
+                required with ``wrong='bank'``. Defaults to None.
 
         Returns:
             Tensor: The ``(N, L)`` bool mask of sampled positives.
@@ -892,8 +914,14 @@ class ReKD(BaseSelfSupervisor):
         generator.manual_seed(seed)
         scores = torch.rand(
             same_class.shape, generator=generator, device=same_class.device)
+        wrong_scores = scores
+        if self.oracle_sample['wrong'] == 'bank':
+            # Scores lie in [0, 1): +1 ranks every bank mistake above every
+            # other wrong slot, and the draw stays random within each group.
+            wrong_scores = scores + bank_mask.float()
         return (top_k_of_mask(same_class, scores, num_same)
-                | top_k_of_mask(other_class, scores, positives - num_same))
+                | top_k_of_mask(other_class, wrong_scores,
+                                positives - num_same))
 
     def cap_positives(self, pos_mask: torch.Tensor,
                       similarity: torch.Tensor) -> torch.Tensor:

@@ -383,10 +383,10 @@ def test__bad_warmup_is_named():
         _build(relation_warmup_iters=-1)
 
 
-def _sampled_oracle(precision, positives):
+def _sampled_oracle(precision, positives, **sample):
     model = _bank_ready(
         relation_source='oracle_labels',
-        oracle_sample=dict(precision=precision, positives=positives))
+        oracle_sample=dict(precision=precision, positives=positives, **sample))
     # Slots 0-15 hold classes 0..3 (4 each); slots 5 and 9 never written.
     model.queue_labels.copy_(torch.arange(16) % 4)
     model.queue_labels[[5, 9]] = -1
@@ -434,6 +434,46 @@ def test__sampled_oracle_draws_per_step_reproducibly():
     assert not torch.equal(mask_a, mask_c)
 
 
+@pytest.mark.parametrize('precision, positives', [(0.5, 4), (0.25, 8),
+                                                  (0.0, 6)])
+def test__sampled_oracle_draws_wrong_relations_from_the_bank(
+        precision, positives, monkeypatch):
+    anchors = torch.tensor([0, 1, 3, 3, 2, 0, 1, 2])
+    keys = F.normalize(torch.randn(8, 16), dim=1)
+    # A hand-made bank: slot j on prototype j % 3, anchor i on i % 3 except
+    # anchor 7, which no prototype takes (-1: no bank relation at all).
+    anchor_assign = torch.tensor([0, 1, 2, 0, 1, 2, 0, -1])
+    masks = {}
+    for wrong in ('uniform', 'bank'):
+        model = _sampled_oracle(precision, positives, wrong=wrong)
+        model.queue_assign.copy_(torch.arange(16) % 3)
+        monkeypatch.setattr(model.miner, 'assign', lambda x:
+                            (anchor_assign, None))
+        masks[wrong], _ = model.mine_relations(keys, labels=anchors)
+    label_equal = anchors[:, None] == model.queue_labels[None]
+    other_class = ~label_equal & (model.queue_labels >= 0)[None]
+    bank_wrong = (anchor_assign[:, None] == model.queue_assign[None]) \
+        & (anchor_assign >= 0)[:, None] & other_class
+    uniform, bank = masks['uniform'], masks['bank']
+    # Same draw of the right relations and the same number of wrong ones:
+    # only where the wrong ones fall differs.
+    assert torch.equal(uniform & label_equal, bank & label_equal)
+    assert torch.equal((uniform & other_class).sum(1),
+                       (bank & other_class).sum(1))
+    for i in range(8):
+        picked = bank[i] & other_class[i]
+        if int(picked.sum()) <= int(bank_wrong[i].sum()):
+            # Enough mistakes of the bank: the wrong relations are all
+            # among them.
+            assert not (picked & ~bank_wrong[i]).any()
+        else:
+            # Too few: all of them, the rest drawn from the other slots.
+            assert torch.equal(picked & bank_wrong[i], bank_wrong[i])
+    # Some anchor's wrong relations differ from the uniform draw (else the
+    # option would do nothing here).
+    assert not torch.equal(uniform, bank)
+
+
 @pytest.mark.parametrize('kwargs, match', [
     (dict(oracle_sample=dict(precision=0.5, positives=4)),
      "relation_source='oracle_labels'"),
@@ -447,6 +487,14 @@ def test__sampled_oracle_draws_per_step_reproducibly():
                            positives=0)), 'oracle_sample.positives'),
     (dict(relation_source='oracle_labels',
           oracle_sample=dict(precision=0.5)), "keys 'precision'"),
+    (dict(
+        relation_source='oracle_labels',
+        oracle_sample=dict(precision=0.5, positives=4,
+                           wrong='teacher')), 'oracle_sample.wrong'),
+    (dict(
+        relation_source='oracle_labels',
+        oracle_sample=dict(precision=0.5, positives=4,
+                           bank=True)), "optionally 'wrong'"),
 ])
 def test__bad_oracle_sample_is_named(kwargs, match):
     with pytest.raises(ValueError, match=match):
