@@ -49,10 +49,12 @@ def test__plan_order_and_finished_arms_skipped(tmp_path):
     assert 'cifar10 1 supervised' not in plan
     # After seed 0's four arms, the target comparison's other seeds and KD
     # without relations on CIFAR-10 (where KD led at seed 0), as pairs that
-    # run side by side, then the same on Fashion-MNIST.
-    assert plan[8:14] == [
+    # run side by side, then the supervised ceiling of both data sets (a
+    # short pair), then the same on Fashion-MNIST.
+    assert plan[8:16] == [
         'cifar10 1 mocov2', 'cifar10 1 rekd_kd1', 'cifar10 2 mocov2',
         'cifar10 2 rekd_kd1', 'cifar10 0 rekd_no_relation_kd1',
+        'cifar10 0 supervised', 'fashion-mnist 0 supervised',
         'fashion-mnist 1 mocov2'
     ]
     # The target comparison's other seeds come before the ablations.
