@@ -45,16 +45,18 @@ def test__plan_order_and_finished_arms_skipped(tmp_path):
         'cifar10 0 mocov2', 'fashion-mnist 0 mocov2', 'cifar10 0 rekd',
         'fashion-mnist 0 rekd'
     ]
-    assert plan[-1] == 'fashion-mnist 2 rekd_oracle'
+    assert plan[-1] == 'fashion-mnist 2 rekd_no_relation_kd1'
     assert 'cifar10 1 supervised' not in plan
     # After seed 0's four arms, the target comparison's other seeds and KD
     # without relations on CIFAR-10 (where KD led at seed 0), as pairs that
     # run side by side, then the supervised ceiling of both data sets (a
-    # short pair), then the same on Fashion-MNIST.
-    assert plan[8:16] == [
+    # short pair) and the other seeds of KD alone on CIFAR-10 (the best arm
+    # of seed 0), then the same on Fashion-MNIST.
+    assert plan[8:18] == [
         'cifar10 1 mocov2', 'cifar10 1 rekd_kd1', 'cifar10 2 mocov2',
         'cifar10 2 rekd_kd1', 'cifar10 0 rekd_no_relation_kd1',
         'cifar10 0 supervised', 'fashion-mnist 0 supervised',
+        'cifar10 1 rekd_no_relation_kd1', 'cifar10 2 rekd_no_relation_kd1',
         'fashion-mnist 1 mocov2'
     ]
     # The target comparison's other seeds come before the ablations.
