@@ -23,7 +23,11 @@ temperature, data, augmentations, batch and schedule. Then:
 Variants (``--variants``):
 
 - ``mocov2``: mmpretrain's MoCo v2 on the student (the baseline);
-- ``rekd``: the ReKD demo config (online ResNet-18 teacher);
+- ``rekd``: the regime's ReKD config (online ResNet-18 teacher) without
+  response KD: ``model.loss_weights.kd=0 model.kd_projection=False`` are
+  set explicitly, since the small4k configs distil by default (session
+  13, docs/method.md #27), so ``rekd`` names the same runs in every
+  committed table and ``rekd_kd1`` is the small4k configs' default;
 - ``rekd_no_relation``: ReKD whose prototype bank is never clustered: the
   student's relation head then has no mined positive, i.e. plain InfoNCE
   (MoCo v2) with the online teacher trained alongside. This isolates the

@@ -107,7 +107,8 @@ def variant_cfg_options(spec: dict,
         spec (dict): A :func:`parse_variant` result. ``_oracle`` takes the
             student's extra positives from the labels
             (``model.relation_source=oracle_labels``): an analysis upper
-            bound that trains with labels, never a competitor.
+            bound that trains with labels, never a competitor. A ReKD
+            variant without ``_kd{W}`` sets ``kd=0`` explicitly.
         iters (int): ``train_cfg.max_iters`` of the run.
         miner_hook_index (int, optional): Index of ``RelationMinerHook`` in
             the ReKD config's ``custom_hooks``. Required for
@@ -152,6 +153,11 @@ def variant_cfg_options(spec: dict,
             f"model.loss_weights.kd={spec['kd_weight']}",
             'model.kd_projection=True'
         ]
+    else:
+        # Without ``_kd{W}`` a variant has no response KD whatever its
+        # config's default (the small4k configs distil since session 13), so
+        # that a name means the same run in every committed table.
+        options += ['model.loss_weights.kd=0.0', 'model.kd_projection=False']
     if spec['offline']:
         if not offline_teacher:
             raise ValueError(f"variant {spec['name']!r} needs "

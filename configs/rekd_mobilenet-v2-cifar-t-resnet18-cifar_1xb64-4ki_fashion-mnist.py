@@ -7,7 +7,8 @@
 # student and of the teacher (MoCo's shuffle-BN on one process: whole-batch
 # BN lets the positive key be found from the batch statistics), lr 0.015
 # instead of 0.06, 4000 iterations (the cosine follows), and crops (0.5, 1)
-# instead of (0.2, 1). The crops come from their own data base, which takes
+# instead of (0.2, 1); and, measured in the final comparison, response
+# distillation (below). The crops come from their own data base, which takes
 # the place of the 2ki config's (mmengine does not re-resolve a base's
 # pipelines, so this config repeats the 2ki config's two bases rather than
 # inheriting it).
@@ -22,6 +23,15 @@ model = dict(
     backbone=dict(norm_cfg=split_bn),
     neck=dict(norm_cfg=split_bn),
     teacher_backbone=dict(norm_cfg=split_bn),
-    teacher_neck=dict(norm_cfg=split_bn))
+    teacher_neck=dict(norm_cfg=split_bn),
+    # Response distillation from the online teacher, through the student's
+    # own linear map into the teacher's space (docs/method.md #21, #27).
+    # Measured (issue #12, docs/quality.md): on CIFAR-10 the student ends
+    # +3.90 kNN above the same run without it (seed 0) and +2.40 above MoCo
+    # v2 (seeds 0-2); on Fashion-MNIST +0.58 above it (seed 0). The method's
+    # own default (the contract) stays kd=0: --cfg-options
+    # model.loss_weights.kd=0 model.kd_projection=False.
+    loss_weights=dict(kd=1.0),
+    kd_projection=True)
 optim_wrapper = dict(optimizer=dict(lr=0.015))
 train_cfg = dict(max_iters=4000)

@@ -217,7 +217,8 @@ def test_byol_teacher_config_is_mmpretrains_byol_encoder():
 
 # The "small4k" quality regime (docs/quality.md, "Batch-statistics shortcut
 # (session 5)"): each *_1xb64-4ki_* config is its 2ki config with what the
-# regime search measured, and nothing else.
+# regime search measured (and, for ReKD, the response KD that the final
+# comparison measured), and nothing else.
 SMALL4K = {
     name: name.replace('-4ki_', '-2ki_')
     for name in NAMES if '_1xb64-4ki_' in name
@@ -286,6 +287,12 @@ def test_small4k_config_is_its_2ki_config_with_the_measured_changes(name):
         encoders = ['backbone', 'neck']
         if four.model.type == 'ReKD':
             encoders += ['teacher_backbone', 'teacher_neck']
+            # Response KD through the student's projection (session 13,
+            # measured in the final comparison), the 2ki config's kd=0
+            # otherwise.
+            assert two.model.loss_weights.kd == 0
+            expected['model']['loss_weights']['kd'] = 1.0
+            expected['model']['kd_projection'] = True
         for key in encoders:
             expected['model'][key]['norm_cfg'] = SPLIT_BN
         expected['optim_wrapper']['optimizer']['lr'] = 0.015

@@ -12,7 +12,7 @@ from tests.toy_configs import REPO_ROOT
 
 SCRIPT = osp.join(REPO_ROOT, 'benchmarks', 'final_comparison.sh')
 VARIANTS = ('mocov2', 'rekd', 'rekd_no_relation', 'rekd_kd1',
-            'rekd_no_relation_kd1', 'rekd_oracle')
+            'rekd_no_relation_kd1', 'rekd_oracle_kd1')
 DATASETS = ('cifar10', 'fashion-mnist')
 
 
@@ -45,7 +45,7 @@ def test__plan_order_and_finished_arms_skipped(tmp_path):
         'cifar10 0 mocov2', 'fashion-mnist 0 mocov2', 'cifar10 0 rekd',
         'fashion-mnist 0 rekd'
     ]
-    assert plan[-1] == 'fashion-mnist 2 rekd_no_relation_kd1'
+    assert plan[-1] == 'fashion-mnist 2 rekd_no_relation'
     assert 'cifar10 1 supervised' not in plan
     # After seed 0's four arms, the target comparison's other seeds and KD
     # without relations on CIFAR-10 (where KD led at seed 0), as pairs that
@@ -61,7 +61,17 @@ def test__plan_order_and_finished_arms_skipped(tmp_path):
     ]
     # The target comparison's other seeds come before the ablations.
     assert plan.index('fashion-mnist 2 rekd_kd1') < plan.index(
-        'cifar10 0 rekd_oracle') < plan.index('cifar10 1 rekd')
+        'cifar10 0 rekd_oracle_kd1') < plan.index('cifar10 1 rekd')
+    # The comparison with the chosen defaults (KD: MoCo v2, ReKD, ReKD
+    # without relations, the oracle; the reference rows) is complete before
+    # the other seeds of the arms without KD, which come last.
+    later_without_kd = [
+        arm for arm in plan
+        if arm.split()[2] in ('rekd',
+                              'rekd_no_relation') and arm.split()[1] != '0'
+    ]
+    assert len(later_without_kd) == 8
+    assert plan[-8:] == later_without_kd
     # A finished arm's file holds its record; a file with another record
     # (e.g. written by hand) does not make the arm finished.
     _result(tmp_path, 'cifar10', 0, 'mocov2',

@@ -38,25 +38,32 @@ def _run_quality(cmd, timeout):
         timeout=timeout)
 
 
+# A ReKD variant without _kd{W} switches the response KD off explicitly: the
+# small4k configs distil by default (session 13), and a name must mean the
+# same run in every committed table.
+NO_KD = ['model.loss_weights.kd=0.0', 'model.kd_projection=False']
+
+
 def test__variant_names_map_to_overrides(quality):
     spec = quality.parse_variant('rekd_k50_theta0.7')
     assert (spec['algorithm'], spec['num_prototypes'],
             spec['threshold']) == ('rekd', 50, 0.7)
     assert quality.variant_cfg_options(
         spec, 100, miner_hook_index=0) == [
-            'model.miner.num_prototypes=50', 'model.miner.threshold=0.7'
+            'model.miner.num_prototypes=50', 'model.miner.threshold=0.7',
+            *NO_KD
         ]
     # No relation: the bank is never clustered within the run.
     spec = quality.parse_variant('rekd_no_relation')
     assert quality.variant_cfg_options(
         spec, 100, miner_hook_index=3) == [
             'custom_hooks.3.init_iter=101',
-            'custom_hooks.3.allow_no_mining=True'
+            'custom_hooks.3.allow_no_mining=True', *NO_KD
         ]
     spec = quality.parse_variant('rekd_offline')
     assert quality.variant_cfg_options(
         spec, 100, offline_teacher='/x.pth', offline_prefix='teacher.') == [
-            'model.teacher_pretrained.checkpoint=/x.pth',
+            *NO_KD, 'model.teacher_pretrained.checkpoint=/x.pth',
             'model.teacher_pretrained.prefix=teacher.'
         ]
     with pytest.raises(ValueError, match='--offline-teacher'):
@@ -68,7 +75,7 @@ def test__variant_names_map_to_overrides(quality):
         miner_init_iter=5) == []
     spec = quality.parse_variant('rekd_oracle')
     assert quality.variant_cfg_options(
-        spec, 100) == ['model.relation_source=oracle_labels']
+        spec, 100) == ['model.relation_source=oracle_labels', *NO_KD]
     # Response KD through the student's projection, with or without the
     # relations.
     spec = quality.parse_variant('rekd_no_relation_kd0.5')
@@ -99,6 +106,27 @@ def test__iters_default_to_the_regime_configs(quality, regime, iters):
     cfg = quality.load_cfg(quality.REGIMES[regime]['cifar10']['mocov2'], [])
     assert cfg.train_cfg.max_iters == iters
     assert quality.parse_args(['--regime', regime, '--iters', '7']).iters == 7
+
+
+@pytest.mark.parametrize('dataset', ['cifar10', 'fashion-mnist'])
+def test__small4k_variant_names_keep_their_kd_against_the_config_default(
+        quality, dataset):
+    from mmengine.registry import init_default_scope
+    from mmpretrain.registry import MODELS
+    init_default_scope('mmpretrain')
+    config = quality.REGIMES['small4k'][dataset]['rekd']
+    assert quality.load_cfg(config, []).model.loss_weights.kd == 1.0
+    # `rekd` (the committed kd=0 arms) switches the config's KD off, the
+    # projection with it; `rekd_kd1` is the config's default, unchanged.
+    for name, kd in (('rekd', 0.0), ('rekd_oracle', 0.0), ('rekd_kd1', 1.0),
+                     ('rekd_no_relation_kd1', 1.0)):
+        options = quality.variant_cfg_options(
+            quality.parse_variant(name),
+            4000,
+            miner_hook_index=quality.miner_hook_index(config))
+        model = MODELS.build(quality.load_cfg(config, options).model)
+        assert model.loss_weights['kd'] == kd, name
+        assert (model.kd_projection is not None) == (kd > 0), name
 
 
 def test__end_to_end_on_fashion_mnist(tmp_path):
