@@ -19,11 +19,13 @@
 #                                            [--minutes M]
 #   --dry-run    print the arms still to run, in order, and exit
 #   --jobs N     arms at a time (default 2)
-#   --minutes M  start an arm only if its usual time (arm_minutes below)
-#                ends within M minutes of the script's start; the others
-#                are skipped (reported) and wait for the next call. For a
-#                machine lent for a fixed time whose work dirs do not
-#                survive it: an arm cut at the end restarts from scratch.
+#   --minutes M  start an arm only if its expected time (arm_minutes
+#                below: what an arm of its kind took on this machine since
+#                its last boot, else a usual time) ends within M minutes of
+#                the script's start; the others are skipped (reported) and
+#                wait for the next call. For a machine lent for a fixed time
+#                whose work dirs do not survive it: an arm cut at the end
+#                restarts from scratch.
 set -euo pipefail
 # The whole script is one block, read before any of it runs: bash reads a
 # script as it goes, and this one runs for hours, so an edit of the file (a
@@ -94,15 +96,44 @@ plan() {
   arms '1 2' 'rekd rekd_no_relation'
 }
 
-# Usual minutes of an arm, training and scoring, on one core beside another
-# arm (sessions 7-10, docs/quality.md): ReKD trains two networks and scores
+# Arms of one kind cost about the same: ReKD trains two networks and scores
 # the teacher too; the reference rows without training are scored only.
-arm_minutes() {
+arm_kind() {
   case $1 in
-    untrained | pixels) echo 15 ;;
+    untrained | pixels) echo reference ;;
+    supervised | mocov2) echo "$1" ;;
+    rekd_no_relation*) echo rekd_no_relation ;;
+    *) echo rekd ;;
+  esac
+}
+
+# Minutes of every arm finished on this machine since its last boot, one
+# "<kind> <minutes>" line each. Hosts differ by 1.6x (session 14: a ReKD arm
+# took 77 min beside another on an AMD EPYC host, 85-120 on Intel Xeon ones
+# in sessions 7-13), so once an arm of a kind has finished here, the next of
+# that kind is expected to take what it took (the longest so far, +15 %);
+# the boot id keeps a surviving work dir's times from an earlier machine.
+MEASURED="${WORK}_logs/arm_minutes_$(cat /proc/sys/kernel/random/boot_id \
+  2> /dev/null || hostname)"
+
+# Expected minutes of an arm, training and scoring, on one core beside
+# another arm: measured here (above), else the usual time on the slowest
+# hosts seen (sessions 7-10, docs/quality.md).
+arm_minutes() {
+  local kind measured
+  kind=$(arm_kind "$1")
+  measured=$(awk -v kind="$kind" '
+    $1 == kind { if (!seen || $2 > longest) longest = $2; seen = 1 }
+    END { if (seen) print longest }' "$MEASURED" 2> /dev/null || true)
+  if [ -n "$measured" ]; then
+    echo $(((measured * 115 + 99) / 100))
+    return
+  fi
+  case $kind in
+    reference) echo 15 ;;
     supervised) echo 60 ;;
     mocov2) echo 95 ;;
-    rekd_no_relation*) echo 105 ;;
+    rekd_no_relation) echo 105 ;;
     *) echo 125 ;;
   esac
 }
@@ -126,7 +157,7 @@ EOF
 }
 
 arm() {
-  local dataset=$1 seed=$2 variant=$3 minutes
+  local dataset=$1 seed=$2 variant=$3 minutes started fresh=1
   minutes=$(arm_minutes "$variant")
   if [ -n "$DEADLINE" ] && (($(date +%s) + 60 * minutes > DEADLINE)); then
     echo "[$(date -u +%H:%M)] skip   $dataset seed $seed $variant" \
@@ -135,12 +166,19 @@ arm() {
   fi
   mkdir -p "${WORK}_logs"
   echo "[$(date -u +%H:%M)] start  $dataset seed $seed $variant"
+  started=$(date +%s)
+  # An arm continued from a checkpoint says little about a whole one.
+  [ -e "${WORK}_seed$seed/$dataset/$variant" ] && fresh=0
   if "$PYTHON" benchmarks/quality.py --regime small4k --datasets "$dataset" \
       --variants "$variant" --seed "$seed" --threads 1 \
       --work-root "${WORK}_seed$seed" \
       --out "$(result_file "$dataset" "$seed" "$variant")" --resume \
       > "${WORK}_logs/${dataset}_seed${seed}_${variant}.log" 2>&1; then
     echo "[$(date -u +%H:%M)] done   $dataset seed $seed $variant"
+    if [ "$fresh" = 1 ]; then
+      echo "$(arm_kind "$variant") $((($(date +%s) - started + 59) / 60))" \
+        >> "$MEASURED"
+    fi
   else
     echo "[$(date -u +%H:%M)] FAILED $dataset seed $seed $variant:" \
       "${WORK}_logs/${dataset}_seed${seed}_${variant}.log" >&2
@@ -175,8 +213,8 @@ if ! "$PYTHON" benchmarks/quality.py --regime small4k --dry-run \
   tail -n 3 "$preflight_log" >&2
   exit 1
 fi
-export -f arm arm_minutes result_file
-export PYTHON RESULTS WORK DEADLINE
+export -f arm arm_kind arm_minutes result_file
+export PYTHON RESULTS WORK DEADLINE MEASURED
 # One arm per line; a failed arm is reported and the others go on.
 echo "$todo" | xargs -P "$JOBS" -L 1 bash -c 'arm "$@"' _
 exit

@@ -159,6 +159,46 @@ def test__minutes_starts_only_arms_that_end_in_time(tmp_path):
     assert bad.returncode == 2 and "got '1h'" in bad.stderr
 
 
+def test__minutes_expects_what_an_arm_took_on_this_boot(tmp_path):
+    fake, calls, _ = _fake_python(tmp_path)
+    logs = tmp_path / 'work_logs'
+    logs.mkdir()
+    with open('/proc/sys/kernel/random/boot_id') as f:
+        boot_id = f.read().strip()
+    # Measured here: a ReKD arm took 50 min, a MoCo v2 arm 20 (the longest
+    # of each kind counts); another boot's 10-minute ReKD arm does not.
+    (logs / f'arm_minutes_{boot_id}').write_text('rekd 50\nmocov2 20\n'
+                                                 'rekd 40\n')
+    (logs / 'arm_minutes_another-boot').write_text('rekd 10\n'
+                                                   'rekd_no_relation 10\n')
+    # 59 minutes hold 50 min + 15 % (58) and 20 + 15 % (23), not the usual
+    # 105 of an arm without relations, nor the 60 of `supervised`. An arm
+    # continued from its work dir's checkpoint is not measured.
+    (tmp_path / 'work_seed1' / 'cifar10' / 'mocov2').mkdir(parents=True)
+    proc = _run(tmp_path, '--minutes', '59', python=str(fake))
+    assert proc.returncode == 0, proc.stderr
+    started = {(a.split()[4], a.split()[8], a.split()[6])
+               for a in calls.read_text().split('\n')[:-1]}
+    kinds = {variant for _, _, variant in started}
+    assert kinds == {
+        'mocov2', 'rekd', 'rekd_kd1', 'rekd_oracle_kd1', 'untrained', 'pixels'
+    }
+    assert len(started) == 2 * 3 * 4 + 2 * 2
+    assert any('cifar10 seed 0 rekd_no_relation (about 105 min' in line
+               for line in proc.stdout.split('\n'))
+    assert any('cifar10 seed 0 supervised (about 60 min' in line
+               for line in proc.stdout.split('\n'))
+    # Every finished arm adds its kind and its minutes rounded up (a
+    # stand-in arm takes well under one: 0 or 1).
+    measured = (logs / f'arm_minutes_{boot_id}').read_text().split('\n')
+    assert measured[:3] == ['rekd 50', 'mocov2 20', 'rekd 40']
+    added = [line.split() for line in measured[3:-1]]
+    assert sorted(
+        kind for kind, _ in added) == sorted(['mocov2'] * 5 + ['rekd'] * 18 +
+                                             ['reference'] * 4)
+    assert {minutes for _, minutes in added} <= {'0', '1'}
+
+
 def test__failed_preflight_starts_no_arm(tmp_path):
     # An environment in which quality.py cannot read its configs (session
     # 8: rekd_mm not importable) fails the preflight; no arm is started.
