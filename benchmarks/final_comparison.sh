@@ -108,9 +108,10 @@ arm_kind() {
 }
 
 # Minutes of every arm finished on this machine since its last boot, one
-# "<kind> <minutes>" line each. Hosts differ by 1.6x (session 14: a ReKD arm
-# took 77 min beside another on an AMD EPYC host, 85-120 on Intel Xeon ones
-# in sessions 7-13), so once an arm of a kind has finished here, the next of
+# "<kind> <minutes>" line each. What an arm takes depends on the host and on
+# what else shares its cores (the training loops of the ReKD + KD arms took
+# 59-86 min in sessions 10-14; a whole arm 72-77 min in session 14, against
+# the 125 assumed), so once an arm of a kind has finished here, the next of
 # that kind is expected to take what it took (the longest so far, +15 %);
 # the boot id keeps a surviving work dir's times from an earlier machine.
 MEASURED="${WORK}_logs/arm_minutes_$(cat /proc/sys/kernel/random/boot_id \
