@@ -151,7 +151,7 @@ def test__minutes_starts_only_arms_that_end_in_time(tmp_path):
                        for v in ('untrained', 'pixels', 'supervised')}
     skipped = [line for line in proc.stdout.split('\n') if ' skip ' in line]
     assert len(skipped) == 36
-    assert any('cifar10 seed 0 rekd_kd1 (about 125 min' in line
+    assert any('cifar10 seed 0 rekd_kd1 (about 160 min' in line
                for line in skipped)
     plan = _run(tmp_path, '--dry-run').stdout.split('\n')[:-1]
     assert len(plan) == 36 and 'cifar10 0 supervised' not in plan
@@ -172,7 +172,7 @@ def test__minutes_expects_what_an_arm_took_on_this_boot(tmp_path):
     (logs / 'arm_minutes_another-boot').write_text('rekd 10\n'
                                                    'rekd_no_relation 10\n')
     # 59 minutes hold 50 min + 15 % (58) and 20 + 15 % (23), not the usual
-    # 105 of an arm without relations, nor the 60 of `supervised`. An arm
+    # 160 of an arm without relations, nor the 60 of `supervised`. An arm
     # continued from its work dir's checkpoint is not measured.
     (tmp_path / 'work_seed1' / 'cifar10' / 'mocov2').mkdir(parents=True)
     proc = _run(tmp_path, '--minutes', '59', python=str(fake))
@@ -184,7 +184,7 @@ def test__minutes_expects_what_an_arm_took_on_this_boot(tmp_path):
         'mocov2', 'rekd', 'rekd_kd1', 'rekd_oracle_kd1', 'untrained', 'pixels'
     }
     assert len(started) == 2 * 3 * 4 + 2 * 2
-    assert any('cifar10 seed 0 rekd_no_relation (about 105 min' in line
+    assert any('cifar10 seed 0 rekd_no_relation (about 160 min' in line
                for line in proc.stdout.split('\n'))
     assert any('cifar10 seed 0 supervised (about 60 min' in line
                for line in proc.stdout.split('\n'))
