@@ -110,7 +110,7 @@ arm_kind() {
 # Minutes of every arm finished on this machine since its last boot, one
 # "<kind> <minutes>" line each. What an arm takes depends on the host and on
 # what else shares its cores (a whole ReKD + KD arm took 72-77 min in
-# session 14, 140-160 min on the AVX2-only hosts of sessions 16-17), so once
+# session 14, 113-140 min on the AVX2-only hosts of sessions 16-17), so once
 # an arm of a kind has finished here, the next of that kind is expected to
 # take what it took (the longest so far, +15 %); the boot id keeps a
 # surviving work dir's times from an earlier machine.
@@ -121,8 +121,8 @@ MEASURED="${WORK}_logs/arm_minutes_$(cat /proc/sys/kernel/random/boot_id \
 # another arm: measured here (above), else about what it took on the slowest
 # hosts seen (docs/quality.md). An arm without relations also trains the
 # teacher beside the student (the seed-0 Fashion-MNIST one's loop took 143
-# min), so both ReKD kinds share the estimate of a ReKD + KD arm on an
-# AVX2-only host.
+# min), so both ReKD kinds share one estimate: the slowest ReKD + KD arm
+# seen on an AVX2-only host (about 140 min), with a margin.
 arm_minutes() {
   local kind measured
   kind=$(arm_kind "$1")
