@@ -114,6 +114,15 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         "'rekd' with modifiers _k{K} _theta{Θ} _kd{W} (e.g. "
         'rekd_k50_theta0.7, rekd_no_relation_kd1)')
     parser.add_argument(
+        '--mocov2-config',
+        default=None,
+        metavar='CONFIG',
+        help="train and score the 'mocov2' variant from this config instead "
+        "of the regime's (an analysis arm, e.g. benchmarks/configs/"
+        'mocov2-hash-shuffle_*.py; give one --datasets and an --out outside '
+        'quality_<regime>_*, so that the summary does not count it as MoCo '
+        'v2)')
+    parser.add_argument(
         '--iters',
         type=int,
         default=None,
@@ -252,6 +261,18 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         args.specs = [parse_variant(v) for v in args.variants]
     except ValueError as err:
         parser.error(str(err))
+    if args.mocov2_config is not None:
+        if not osp.isfile(args.mocov2_config):
+            parser.error(f'--mocov2-config {args.mocov2_config}: no such '
+                         'file')
+        if 'mocov2' not in args.variants or len(args.datasets) != 1:
+            parser.error('--mocov2-config replaces the config of one data '
+                         "set's 'mocov2' variant: give --variants mocov2 and "
+                         'one --datasets')
+        if args.out and osp.basename(args.out).startswith('quality_'):
+            parser.error(f'--out {args.out}: an arm trained from '
+                         '--mocov2-config is not the study\'s MoCo v2; name '
+                         "its results outside quality_* (e.g. analysis_*)")
     if len(set(args.variants)) != len(args.variants):
         parser.error(f'--variants has duplicates: {args.variants}')
     unknown = set(args.probe_variants or []) - set(args.variants)
@@ -279,6 +300,8 @@ def _plan(args) -> List[Dict]:
             # The reference rows without training are scored with the MoCo
             # v2 config's student and data.
             config = paths.get(spec['algorithm'], paths['mocov2'])
+            if spec['algorithm'] == 'mocov2' and args.mocov2_config:
+                config = args.mocov2_config
             options = [
                 f'train_cfg.max_iters={args.iters}',
                 f'randomness.seed={args.seed}'

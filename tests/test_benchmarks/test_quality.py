@@ -352,3 +352,39 @@ def test__resume_continues_an_interrupted_run(tmp_path):
     assert '--resume' in rec['train_command']
     assert rec['checkpoint'].endswith('iter_4.pth')
     assert rec['last_logged']['iter'] == 4
+
+
+HASH_SHUFFLE = ('benchmarks/configs/mocov2-hash-shuffle_mobilenet-v2-cifar_'
+                '1xb64-4ki_fashion-mnist.py')
+
+
+def test__mocov2_config_trains_an_analysis_arm_under_its_own_name(
+        quality, tmp_path):
+    args = quality.parse_args([
+        '--regime', 'small4k', '--datasets', 'fashion-mnist', '--variants',
+        'mocov2', 'untrained', '--mocov2-config', HASH_SHUFFLE, '--out',
+        str(tmp_path / 'analysis_x.json')
+    ])
+    plan = {item['spec']['name']: item for item in quality._plan(args)}
+    assert plan['mocov2']['config'] == HASH_SHUFFLE
+    # The reference rows keep the regime's MoCo v2 config.
+    assert plan['untrained']['config'] == quality.REGIMES['small4k'][
+        'fashion-mnist']['mocov2']
+    # The config builds mmpretrain's MoCo with ReKD's permutation.
+    cfg = quality.load_cfg(HASH_SHUFFLE, [])
+    assert cfg.model.type == 'MoCoHashShuffle'
+
+
+@pytest.mark.parametrize('extra, message', [
+    (['--datasets', 'fashion-mnist', 'cifar10'], 'one --datasets'),
+    (['--datasets', 'fashion-mnist', '--out', 'quality_small4k_x.json'
+      ], 'outside quality_'),
+])
+def test__mocov2_config_refuses_what_the_summary_would_miscount(
+        quality, extra, message, capsys):
+    with pytest.raises(SystemExit):
+        quality.parse_args([
+            '--regime', 'small4k', '--variants', 'mocov2', '--mocov2-config',
+            HASH_SHUFFLE
+        ] + extra)
+    assert message in capsys.readouterr().err

@@ -1,0 +1,72 @@
+# Copyright (c) rekd_mm contributors. All rights reserved.
+"""Models for analysis arms only, never for users: mmpretrain's ``MoCo``
+with ReKD's shuffle-BN permutation.
+
+ReKD draws the permutation of its keys from a hash of the momentum
+encoder's step count (:func:`~rekd_mm.models.utils.batch_shuffle.
+shuffle_permutation`, exact on resume); mmpretrain's ``MoCo`` draws it with
+``torch.randperm`` from the global RNG. With every other part of the
+student's step equal (``benchmarks/student_parity.py``), that is what
+separates a MoCo v2 arm from a ReKD arm without relations. ``MoCoHashShuffle``
+is mmpretrain's ``MoCo`` with ReKD's permutation, so that one arm measures
+whether the permutation source moves the student.
+
+Used through ``benchmarks/configs/`` (their ``custom_imports`` name this
+module; the repository root must be on ``PYTHONPATH``).
+"""
+import contextlib
+from typing import Callable, Iterator
+
+import mmpretrain.models.selfsup.moco as moco_module
+import torch
+from mmengine.dist import get_world_size
+from mmpretrain.models import MoCo
+from mmpretrain.registry import MODELS
+
+from rekd_mm.models.utils.batch_shuffle import shuffle_permutation
+
+__all__ = ['moco_key_permutation', 'MoCoHashShuffle']
+
+
+@contextlib.contextmanager
+def moco_key_permutation(
+        current: Callable[[], torch.Tensor]) -> Iterator[None]:
+    """Within the block, mmpretrain's ``MoCo.loss`` shuffles its keys with
+    ``current()`` (one process).
+
+    ``MoCo.loss`` calls the module-level ``batch_shuffle_ddp`` of
+    ``mmpretrain.models.selfsup.moco``; it is replaced by the same permute
+    with the given permutation (what it does on one process, minus the
+    draw), and restored after the block. mmpretrain has no argument for
+    this, hence the swap.
+    """
+    if get_world_size() != 1:
+        raise RuntimeError('moco_key_permutation is for one process only')
+
+    def shuffle(x: torch.Tensor):
+        perm = current().to(x.device)
+        return x[perm], torch.argsort(perm)
+
+    original = moco_module.batch_shuffle_ddp
+    moco_module.batch_shuffle_ddp = shuffle
+    try:
+        yield
+    finally:
+        moco_module.batch_shuffle_ddp = original
+
+
+@MODELS.register_module()
+class MoCoHashShuffle(MoCo):
+    """mmpretrain's ``MoCo`` whose keys are shuffled by ReKD's permutation
+    of the step (one process; analysis only).
+
+    The permutation is read after the momentum update, as ReKD does, so at
+    the same step both use ``shuffle_permutation(steps, N)`` with the same
+    ``steps``.
+    """
+
+    def loss(self, inputs, data_samples, **kwargs):
+        batch = inputs[0].shape[0]
+        with moco_key_permutation(
+                lambda: shuffle_permutation(self.encoder_k.steps, batch)):
+            return super().loss(inputs, data_samples, **kwargs)

@@ -1,0 +1,8 @@
+# Analysis arm (docs/quality.md, session 20), not a user config: the MoCo v2
+# arm of the fashion-mnist small4k regime with ReKD's shuffle-BN permutation
+# (benchmarks/analysis_models.py). Needs the repository root on PYTHONPATH.
+_base_ = '../../configs/mocov2_mobilenet-v2-cifar_1xb64-4ki_fashion-mnist.py'
+custom_imports = dict(
+    imports=['rekd_mm', 'benchmarks.analysis_models'],
+    allow_failed_imports=False)
+model = dict(type='MoCoHashShuffle')
