@@ -167,12 +167,17 @@ def shared_permutation(rekd, current: Optional[Callable[[], torch.Tensor]]):
 
 def max_relative_difference(moco, rekd) -> float:
     """Largest ``|a - b| / (|a| + 1e-12)`` norm ratio over the student's
-    weights (backbone and neck)."""
+    weights and floating-point buffers (backbone and neck: the BN running
+    statistics are what the kNN's eval-mode features use)."""
     worst = 0.0
     for name in ('backbone', 'neck'):
-        ours = dict(getattr(rekd, name).named_parameters())
-        for key, theirs in getattr(moco, name).named_parameters():
-            diff = (ours[key] - theirs).norm() / (theirs.norm() + 1e-12)
+        ours, theirs = getattr(rekd, name), getattr(moco, name)
+        mine = dict(ours.named_parameters(), **dict(ours.named_buffers()))
+        for key, tensor in list(theirs.named_parameters()) + list(
+                theirs.named_buffers()):
+            if not tensor.is_floating_point():
+                continue
+            diff = (mine[key] - tensor).norm() / (tensor.norm() + 1e-12)
             worst = max(worst, float(diff))
     return worst
 
@@ -213,12 +218,12 @@ def run(args: argparse.Namespace) -> Dict:
             param_checks.append(
                 dict(
                     step=step + 1,
-                    max_relative_weight_difference=max_relative_difference(
+                    max_relative_state_difference=max_relative_difference(
                         moco, rekd)))
-            worst = param_checks[-1]['max_relative_weight_difference']
+            worst = param_checks[-1]['max_relative_state_difference']
             print(
                 f'step {step + 1}: loss {losses[0]:.5f} / {losses[1]:.5f}, '
-                f'weights {worst:.2e}',
+                f'state {worst:.2e}',
                 flush=True)
     return dict(records=records, param_checks=param_checks)
 
@@ -246,8 +251,8 @@ def markdown(results: Dict) -> str:
                               [[key, f'{value:.6g}']
                                for key, value in summary.items()]), '',
         common.markdown_table(
-            ['step', 'max relative weight difference'],
-            [[c['step'], f"{c['max_relative_weight_difference']:.3e}"]
+            ['step', 'max relative difference of weights and BN statistics'],
+            [[c['step'], f"{c['max_relative_state_difference']:.3e}"]
              for c in checks])
     ]
     return '\n'.join(lines)

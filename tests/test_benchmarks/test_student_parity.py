@@ -72,7 +72,7 @@ def test_shared_permutation_trains_the_same_student(tmp_path, perm):
     assert losses[0][0] != losses[2][0]
     assert all(moco == rekd for moco, rekd in losses)
     assert [
-        c['max_relative_weight_difference'] for c in results['param_checks']
+        c['max_relative_state_difference'] for c in results['param_checks']
     ] == [0.0, 0.0, 0.0]
 
 
@@ -116,4 +116,4 @@ def test_moco_hash_shuffle_trains_like_rekd_without_relations(tmp_path):
     assert moco_module.batch_shuffle_ddp is original
     assert all(r['mocov2'] == r['rekd_no_relation']
                for r in results['records'])
-    assert results['param_checks'][-1]['max_relative_weight_difference'] == 0
+    assert results['param_checks'][-1]['max_relative_state_difference'] == 0
