@@ -31,6 +31,7 @@ Example::
 import argparse
 import contextlib
 import copy
+import math
 import sys
 from typing import Callable, Dict, List, Optional
 
@@ -114,8 +115,10 @@ def build_pair(mocov2_cfg, rekd_cfg, seed: int):
 def read_batches(cfg, steps: int, seed: int) -> List[Dict]:
     """``steps`` pre-processed batches of the config's loader, read before
     any training so that no model's draw from the global RNG changes
-    them."""
-    from mmengine.runner import Runner
+    them. Without workers the augmentations draw from the process's global
+    RNGs, seeded here: the same ``seed`` reads the same batches."""
+    from mmengine.runner import Runner, set_random_seed
+    set_random_seed(seed)
     from mmpretrain.registry import MODELS
     loader_cfg = copy.deepcopy(cfg.train_dataloader)
     loader_cfg.update(num_workers=0, persistent_workers=False)
@@ -177,8 +180,9 @@ def max_relative_difference(moco, rekd) -> float:
                 theirs.named_buffers()):
             if not tensor.is_floating_point():
                 continue
-            diff = (mine[key] - tensor).norm() / (tensor.norm() + 1e-12)
-            worst = max(worst, float(diff))
+            diff = float((mine[key] - tensor).norm() / (tensor.norm() + 1e-12))
+            # NaN compares False: count it as the worst difference.
+            worst = max(worst, diff if math.isfinite(diff) else math.inf)
     return worst
 
 
@@ -210,6 +214,12 @@ def run(args: argparse.Namespace) -> Dict:
                 out = common.train_step(model, wrapper, data['inputs'],
                                         data['data_samples'])
             losses.append(float(out[key].detach()))
+            if not math.isfinite(losses[-1]):
+                raise FloatingPointError(
+                    f'step {step + 1}: the {key} of '
+                    f'{type(model).__name__} is {losses[-1]}; a diverged '
+                    'run says nothing about parity (lower the learning '
+                    'rate of the configs)')
         for scheduler in schedulers:
             scheduler.step()
         records.append(

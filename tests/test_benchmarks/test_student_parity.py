@@ -40,7 +40,7 @@ def _configs(tmp_path, moco_type='MoCo'):
         Config(
             dict(
                 model=model,
-                train_dataloader=toy_dataloader_cfg(batch_size=8),
+                train_dataloader=toy_dataloader_cfg(batch_size=16),
                 optim_wrapper=dict(
                     optimizer=dict(
                         type='SGD', lr=0.05, momentum=0.9, weight_decay=5e-4)),
@@ -117,3 +117,21 @@ def test_moco_hash_shuffle_trains_like_rekd_without_relations(tmp_path):
     assert all(r['mocov2'] == r['rekd_no_relation']
                for r in results['records'])
     assert results['param_checks'][-1]['max_relative_state_difference'] == 0
+
+
+def test_hash_permutation_is_rekds_own(tmp_path):
+    """``--perm hash`` hands ReKD the permutation it draws by itself: its
+    losses are the same whether it is given the permutation or not (and the
+    same seed reads the same batches)."""
+    parity = load_script(SCRIPT)
+    rekd_cfg, moco_cfg = _configs(tmp_path)
+    losses = {}
+    for perm in ('hash', 'own'):
+        args = parity.parse_args([
+            '--rekd-config', rekd_cfg, '--mocov2-config', moco_cfg, '--perm',
+            perm, '--steps', '2'
+        ])
+        losses[perm] = [
+            r['rekd_no_relation'] for r in parity.run(args)['records']
+        ]
+    assert losses['hash'] == losses['own']
