@@ -63,10 +63,24 @@ class MoCoHashShuffle(MoCo):
     The permutation is read after the momentum update, as ReKD does, so at
     the same step both use ``shuffle_permutation(steps, N)`` with the same
     ``steps``.
+
+    Args:
+        sequence (int): Which hash sequence: 0 is ReKD's (the one every
+            ReKD run uses, whatever its seed); another value shifts the step
+            count by ``sequence * 2**32`` and so gives another sequence with
+            the same statistics. Defaults to 0.
+        **kwargs: The arguments of mmpretrain's ``MoCo``.
     """
+
+    def __init__(self, sequence: int = 0, **kwargs) -> None:
+        super().__init__(**kwargs)
+        if not isinstance(sequence, int) or sequence < 0:
+            raise ValueError('model.sequence must be an integer >= 0, got '
+                             f'{sequence!r}')
+        self.step_offset = sequence * 2**32
 
     def loss(self, inputs, data_samples, **kwargs):
         batch = inputs[0].shape[0]
-        with moco_key_permutation(
-                lambda: shuffle_permutation(self.encoder_k.steps, batch)):
+        with moco_key_permutation(lambda: shuffle_permutation(
+                self.encoder_k.steps + self.step_offset, batch)):
             return super().loss(inputs, data_samples, **kwargs)

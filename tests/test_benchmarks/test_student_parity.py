@@ -16,8 +16,9 @@ SCRIPT = 'benchmarks/student_parity.py'
 SPLIT_BN = dict(type='SplitBN', num_splits=2)
 
 
-def _configs(tmp_path, moco_type='MoCo'):
-    """A toy ReKD config and the MoCo v2 config of its student."""
+def _configs(tmp_path, moco_type='MoCo', **moco_options):
+    """A toy ReKD config and the MoCo v2 config of its student
+    (``moco_options``: more arguments of the MoCo model)."""
     assert osp.isdir(FASHION_MNIST_ROOT), 'run tools/setup_env.sh first'
     rekd = toy_model_cfg(
         backbone=dict(
@@ -33,7 +34,8 @@ def _configs(tmp_path, moco_type='MoCo'):
         head=dict(
             type='ContrastiveHead',
             loss=dict(type='CrossEntropyLoss'),
-            temperature=0.2))
+            temperature=0.2),
+        **moco_options)
     paths = []
     for name, model in (('rekd', rekd), ('moco', moco)):
         path = tmp_path / f'{name}.py'
@@ -135,3 +137,24 @@ def test_hash_permutation_is_rekds_own(tmp_path):
             r['rekd_no_relation'] for r in parity.run(args)['records']
         ]
     assert losses['hash'] == losses['own']
+
+
+def test_moco_hash_shuffle_sequence_selects_another_permutation(tmp_path):
+    """Another ``sequence`` shuffles the keys differently from ReKD (the
+    students part at the first step; ``sequence=0`` keeps them equal, see
+    above), and a bad value is refused when the model is built."""
+    parity = load_script(SCRIPT)
+    rekd_cfg, moco_cfg = _configs(
+        tmp_path, moco_type='MoCoHashShuffle', sequence=1)
+    args = parity.parse_args([
+        '--rekd-config', rekd_cfg, '--mocov2-config', moco_cfg, '--perm',
+        'own', '--steps', '1'
+    ])
+    record = parity.run(args)['records'][0]
+    assert abs(record['mocov2'] - record['rekd_no_relation']) > 1e-4
+    rekd_cfg, moco_cfg = _configs(
+        tmp_path, moco_type='MoCoHashShuffle', sequence=-1)
+    args = parity.parse_args(
+        ['--rekd-config', rekd_cfg, '--mocov2-config', moco_cfg])
+    with pytest.raises(ValueError, match='model.sequence'):
+        parity.run(args)
