@@ -18,15 +18,17 @@ is, by ``--perm``:
 - ``own``: each its own (MoCo: ``torch.randperm`` from the global RNG, as
   in mmpretrain; ReKD: the hash).
 
-With a shared permutation the two students must stay equal up to float
-rounding: any code difference on the student's path shows at the first
-steps. ``own`` shows what the permutation source alone changes.
-``ChannelsLastHook`` is not applied (it changes the memory layout only).
+With a shared permutation the two students must stay equal (measured: bit
+for bit, the same operations in the same order): any code difference on the
+student's path shows at the first steps. ``own`` shows what the permutation
+source alone changes. ``ChannelsLastHook`` is not applied (it changes the
+memory layout only).
 
 Example::
 
-    python benchmarks/student_parity.py --perm hash --steps 200 \\
-        --out benchmarks/results/student_parity_fashion-mnist_hash.json
+    PYTHONPATH=. python benchmarks/student_parity.py --perm hash --seed 0 \\
+        --steps 100 --param-every 10 \\
+        --out benchmarks/results/student_parity_fashion-mnist_hash_seed0.json
 """
 import argparse
 import contextlib
@@ -118,8 +120,8 @@ def read_batches(cfg, steps: int, seed: int) -> List[Dict]:
     them. Without workers the augmentations draw from the process's global
     RNGs, seeded here: the same ``seed`` reads the same batches."""
     from mmengine.runner import Runner, set_random_seed
-    set_random_seed(seed)
     from mmpretrain.registry import MODELS
+    set_random_seed(seed)
     loader_cfg = copy.deepcopy(cfg.train_dataloader)
     loader_cfg.update(num_workers=0, persistent_workers=False)
     loader = Runner.build_dataloader(loader_cfg, seed=seed)
