@@ -189,6 +189,8 @@ def max_relative_difference(moco, rekd) -> float:
 
 
 def run(args: argparse.Namespace) -> Dict:
+    """Train both students ``args.steps`` steps; their losses per step and
+    their state differences every ``args.param_every`` steps."""
     from mmengine.optim.scheduler import CosineAnnealingLR
     common.init_scope()
     mocov2_cfg, rekd_cfg = load_configs(args)
@@ -196,8 +198,6 @@ def run(args: argparse.Namespace) -> Dict:
     moco, rekd = build_pair(mocov2_cfg, rekd_cfg, args.seed)
     batch = batches[0]['inputs'][0].shape[0]
     perms = permutations(args.perm, args.steps, batch, args.seed)
-    step = 0
-    current = None if perms is None else (lambda: perms[step])
     wrappers, schedulers = [], []
     for model, cfg in ((moco, mocov2_cfg), (rekd, rekd_cfg)):
         wrapper = common.build_optim_wrapper(model, cfg, 'cpu')
@@ -209,6 +209,7 @@ def run(args: argparse.Namespace) -> Dict:
     records, param_checks = [], []
     for step in range(args.steps):
         data = batches[step]
+        current = None if perms is None else (lambda perm=perms[step]: perm)
         losses = []
         for model, wrapper, key in ((moco, wrappers[0], 'loss'),
                                     (rekd, wrappers[1], 'loss_relation')):
