@@ -3,7 +3,7 @@
 with ReKD's shuffle-BN permutation.
 
 ReKD draws the permutation of its keys from a hash of the momentum
-encoder's step count (:func:`~rekd_mm.models.utils.batch_shuffle.
+encoder's step count and a salt (:func:`~rekd_mm.models.utils.batch_shuffle.
 shuffle_permutation`, exact on resume); mmpretrain's ``MoCo`` draws it with
 ``torch.randperm`` from the global RNG. With every other part of the
 student's step equal (``benchmarks/student_parity.py``), that is what
@@ -15,7 +15,7 @@ Used through ``benchmarks/configs/`` (their ``custom_imports`` name this
 module; the repository root must be on ``PYTHONPATH``).
 """
 import contextlib
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Optional
 
 import mmpretrain.models.selfsup.moco as moco_module
 import torch
@@ -23,7 +23,8 @@ from mmengine.dist import get_world_size
 from mmpretrain.models import MoCo
 from mmpretrain.registry import MODELS
 
-from rekd_mm.models.utils.batch_shuffle import shuffle_permutation
+from rekd_mm.models.utils.batch_shuffle import (seeded_shuffle_salt,
+                                                shuffle_permutation)
 
 __all__ = ['moco_key_permutation', 'MoCoHashShuffle']
 
@@ -65,22 +66,34 @@ class MoCoHashShuffle(MoCo):
     ``steps``.
 
     Args:
-        sequence (int): Which hash sequence: 0 is ReKD's (the one every
-            ReKD run uses, whatever its seed); another value shifts the step
-            count by ``sequence * 2**32`` and so gives another sequence with
-            the same statistics. Defaults to 0.
+        sequence (int): Which hash sequence: 0 is salt 0's, the one every
+            ReKD run used, whatever its seed, before the salt existed (up to
+            session 20); another value shifts the step count by
+            ``sequence * 2**32`` and so gives another sequence with the same
+            statistics. Defaults to 0.
+        salt (str, optional): ``'seed'`` salts the sequence as ReKD now
+            does (:func:`seeded_shuffle_salt`, from the run's seed), so that
+            the permutations are those of a ReKD run of the same seed.
+            Defaults to None (salt 0).
         **kwargs: The arguments of mmpretrain's ``MoCo``.
     """
 
-    def __init__(self, sequence: int = 0, **kwargs) -> None:
+    def __init__(self,
+                 sequence: int = 0,
+                 salt: Optional[str] = None,
+                 **kwargs) -> None:
         super().__init__(**kwargs)
         if not isinstance(sequence, int) or sequence < 0:
             raise ValueError('model.sequence must be an integer >= 0, got '
                              f'{sequence!r}')
+        if salt not in (None, 'seed'):
+            raise ValueError("model.salt must be None or 'seed', got "
+                             f'{salt!r}')
         self.step_offset = sequence * 2**32
+        self.salt = None if salt is None else seeded_shuffle_salt()
 
     def loss(self, inputs, data_samples, **kwargs):
         batch = inputs[0].shape[0]
         with moco_key_permutation(lambda: shuffle_permutation(
-                self.encoder_k.steps + self.step_offset, batch)):
+                self.encoder_k.steps + self.step_offset, batch, self.salt)):
             return super().loss(inputs, data_samples, **kwargs)

@@ -13,7 +13,9 @@ cosine schedule from their configs. The shuffle-BN permutation of the keys
 is, by ``--perm``:
 
 - ``hash``: ReKD's (:func:`~rekd_mm.models.utils.batch_shuffle.
-  shuffle_permutation` of the step), given to both;
+  shuffle_permutation` of the step and of ReKD's ``shuffle_salt``; the
+  committed results of session 20 predate the salt, i.e. used salt 0),
+  given to both;
 - ``randperm``: a seeded ``torch.randperm`` per step, given to both;
 - ``own``: each its own (MoCo: ``torch.randperm`` from the global RNG, as
   in mmpretrain; ReKD: the hash).
@@ -139,16 +141,17 @@ def read_batches(cfg, steps: int, seed: int) -> List[Dict]:
     return batches
 
 
-def permutations(kind: str, steps: int, batch: int,
-                 seed: int) -> Optional[List[torch.Tensor]]:
-    """The shared permutation of every step, or None for ``own``."""
+def permutations(kind: str, steps: int, batch: int, seed: int,
+                 salt: torch.Tensor) -> Optional[List[torch.Tensor]]:
+    """The shared permutation of every step, or None for ``own``
+    (``salt``: ReKD's ``shuffle_salt``, for ``hash``)."""
     from rekd_mm.models.utils.batch_shuffle import shuffle_permutation
     if kind == 'own':
         return None
     if kind == 'hash':
         # ReKD asks after its momentum update: step t uses steps = t + 1.
         return [
-            shuffle_permutation(torch.tensor(t + 1), batch)
+            shuffle_permutation(torch.tensor(t + 1), batch, salt)
             for t in range(steps)
         ]
     gen = torch.Generator().manual_seed(seed)
@@ -197,7 +200,8 @@ def run(args: argparse.Namespace) -> Dict:
     batches = read_batches(mocov2_cfg, args.steps, args.seed)
     moco, rekd = build_pair(mocov2_cfg, rekd_cfg, args.seed)
     batch = batches[0]['inputs'][0].shape[0]
-    perms = permutations(args.perm, args.steps, batch, args.seed)
+    perms = permutations(args.perm, args.steps, batch, args.seed,
+                         rekd.shuffle_salt)
     wrappers, schedulers = [], []
     for model, cfg in ((moco, mocov2_cfg), (rekd, rekd_cfg)):
         wrapper = common.build_optim_wrapper(model, cfg, 'cpu')

@@ -105,10 +105,12 @@ def test_refuses_configs_of_the_wrong_algorithm(tmp_path):
 
 def test_moco_hash_shuffle_trains_like_rekd_without_relations(tmp_path):
     """``MoCoHashShuffle`` (benchmarks/analysis_models.py) is mmpretrain's
-    MoCo with ReKD's own permutation: each model shuffling by itself, the
-    two students stay equal."""
+    MoCo with ReKD's own permutation (``salt='seed'``: ReKD's salt of the
+    same seed): each model shuffling by itself, the two students stay
+    equal."""
     parity = load_script(SCRIPT)
-    rekd_cfg, moco_cfg = _configs(tmp_path, moco_type='MoCoHashShuffle')
+    rekd_cfg, moco_cfg = _configs(
+        tmp_path, moco_type='MoCoHashShuffle', salt='seed')
     original = moco_module.batch_shuffle_ddp
     args = parity.parse_args([
         '--rekd-config', rekd_cfg, '--mocov2-config', moco_cfg, '--perm',
@@ -140,21 +142,24 @@ def test_hash_permutation_is_rekds_own(tmp_path):
 
 
 def test_moco_hash_shuffle_sequence_selects_another_permutation(tmp_path):
-    """Another ``sequence`` shuffles the keys differently from ReKD (the
-    students part at the first step; ``sequence=0`` keeps them equal, see
-    above), and a bad value is refused when the model is built."""
+    """Another ``sequence`` shuffles the keys differently from ReKD, salt
+    and all (the students part at the first step; ``sequence=0`` keeps them
+    equal, see above), and bad values are refused when the model is
+    built."""
     parity = load_script(SCRIPT)
     rekd_cfg, moco_cfg = _configs(
-        tmp_path, moco_type='MoCoHashShuffle', sequence=1)
+        tmp_path, moco_type='MoCoHashShuffle', sequence=1, salt='seed')
     args = parity.parse_args([
         '--rekd-config', rekd_cfg, '--mocov2-config', moco_cfg, '--perm',
         'own', '--steps', '1'
     ])
     record = parity.run(args)['records'][0]
     assert abs(record['mocov2'] - record['rekd_no_relation']) > 1e-4
-    rekd_cfg, moco_cfg = _configs(
-        tmp_path, moco_type='MoCoHashShuffle', sequence=-1)
-    args = parity.parse_args(
-        ['--rekd-config', rekd_cfg, '--mocov2-config', moco_cfg])
-    with pytest.raises(ValueError, match='model.sequence'):
-        parity.run(args)
+    for option, match in ((dict(sequence=-1), 'model.sequence'),
+                          (dict(salt='run'), 'model.salt')):
+        rekd_cfg, moco_cfg = _configs(
+            tmp_path, moco_type='MoCoHashShuffle', **option)
+        args = parity.parse_args(
+            ['--rekd-config', rekd_cfg, '--mocov2-config', moco_cfg])
+        with pytest.raises(ValueError, match=match):
+            parity.run(args)

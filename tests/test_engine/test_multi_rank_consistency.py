@@ -1,8 +1,8 @@
 # Copyright (c) rekd_mm contributors. All rights reserved.
 """Two gloo processes: the prototype bank comes back to rank 0's after any
 divergence (a k-means that came out differently on one rank, a perturbed
-bank), k-means seeds agree across unequal shards, and a training step
-gathers the images once."""
+bank), k-means seeds agree across unequal shards, a training step
+gathers the images once, and the shuffle salt is rank 0's."""
 import pytest
 import torch
 
@@ -73,6 +73,13 @@ def _rekd_worker(rank, world_size):
         for name in ('queue', 'teacher_queue', 'queue_assign', 'queue_ptr')
     }
     out['final']['prototypes'] = model.miner.prototypes.clone()
+
+    # Ranks seeded differently (mmengine's ``diff_rank_seed``): the shuffle
+    # salt is still rank 0's, so every rank draws the same permutation.
+    from rekd_mm.models.utils.batch_shuffle import seeded_shuffle_salt
+    torch.manual_seed(rank)
+    out['own_salt'] = seeded_shuffle_salt()
+    out['salt'] = MODELS.build(toy_model_cfg()).shuffle_salt.clone()
     return out
 
 
@@ -95,6 +102,13 @@ def test__perturbed_bank_comes_back_to_equality(rekd_ranks):
     assert not torch.equal(r0['perturbed'], r1['perturbed'])
     for name, value in r0['final'].items():
         assert torch.equal(value, r1['final'][name]), name
+
+
+def test__shuffle_salt_is_rank0s_whatever_the_ranks_seeds(rekd_ranks):
+    r0, r1 = rekd_ranks
+    assert not torch.equal(r0['own_salt'], r1['own_salt'])
+    assert torch.equal(r0['salt'], r0['own_salt'])
+    assert torch.equal(r1['salt'], r0['own_salt'])
 
 
 def test__one_image_gather_per_step(rekd_ranks):

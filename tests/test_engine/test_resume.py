@@ -87,3 +87,34 @@ def test__resume_equals_uninterrupted_training(tmp_path, miner_hook):
     # The mined relations were active in the compared second half.
     assert (straight.message_hub.get_scalar(
         'train/relation_pos_per_anchor').data[0][-2:] > 0).all()
+
+
+def test__resume_keeps_the_shuffle_salt_of_the_run(tmp_path):
+    """A run resumed under another seed still shuffles with the salt of the
+    run it resumes (checkpointed), so its keys are those of the
+    uninterrupted run."""
+    from rekd_mm.models.utils.batch_shuffle import seeded_shuffle_salt
+    from tests.toy_configs import toy_model_cfg
+    model = toy_model_cfg(
+        backbone=dict(
+            type='MobileNetV2',
+            widen_factor=0.25,
+            norm_cfg=dict(type='SplitBN', num_splits=2)))
+    hook = dict(init_iter=2, source='queue')
+    straight = _train(tmp_path / 'straight', hook, model=model, batch_size=16)
+    resumed = _train(
+        tmp_path / 'resumed',
+        hook,
+        model=model,
+        batch_size=16,
+        seed=1,
+        resume=True,
+        load_from=osp.join(tmp_path, 'straight', f'iter_{MAX_ITERS // 2}.pth'))
+    salt = get_ori_model(straight.model).shuffle_salt
+    torch.manual_seed(1)
+    assert not torch.equal(seeded_shuffle_salt(), salt)  # seed 1's own
+    model_b = get_ori_model(resumed.model)
+    assert torch.equal(model_b.shuffle_salt, salt)
+    assert torch.equal(
+        model_b.shuffle_permutation(16),
+        get_ori_model(straight.model).shuffle_permutation(16))

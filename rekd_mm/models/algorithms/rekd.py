@@ -13,7 +13,7 @@ from mmpretrain.structures import DataSample
 
 from rekd_mm.utils.encoder_weights import ENCODER_WEIGHTS, load_encoder_weights
 from ..utils.batch_shuffle import (gather_shuffled, gather_unshuffled,
-                                   shuffle_permutation)
+                                   seeded_shuffle_salt, shuffle_permutation)
 from ..utils.ema import SyncFreeEMA
 from ..utils.prototype_bank import PrototypeBank, count_used
 from ..utils.split_batch_norm import SplitBatchNorm, has_split_batch_norm
@@ -265,6 +265,12 @@ class ReKD(BaseSelfSupervisor):
         # Split BN (MoCo's shuffle-BN on one process) needs the keys
         # shuffled even on one process, see :meth:`shuffle_permutation`.
         self.split_batch_norm = has_split_batch_norm(self)
+        # Selects this run's sequence of shuffle permutations, as MoCo's
+        # seeded draws do; checkpointed, so a resumed run keeps it. Rank 0's
+        # is broadcast: with ``randomness.diff_rank_seed`` the ranks' seeds
+        # differ, and every rank must shuffle alike.
+        self.register_buffer('shuffle_salt', seeded_shuffle_salt())
+        broadcast(self.shuffle_salt, src=0)
 
         if relation_source not in self.RELATION_SOURCES:
             raise ValueError(f'model.relation_source must be one of '
@@ -535,14 +541,28 @@ class ReKD(BaseSelfSupervisor):
     def _load_from_state_dict(self, state_dict: dict, prefix: str, *args,
                               **kwargs) -> None:
         """Check the checkpoint's bank and queues against this model before
-        anything is loaded (see ``rekd_mm.models.utils.state_check``)."""
+        anything is loaded (see ``rekd_mm.models.utils.state_check``).
+
+        A ReKD checkpoint written before ``shuffle_salt`` existed shuffled
+        with salt 0; it resumes with salt 0, so that it goes on exactly as
+        it would have (``state_dict`` is the loader's copy).
+        """
         from ..utils.state_check import check_loaded_state
+        source = getattr(self, 'state_source', None)
         check_loaded_state(
             self,
             state_dict,
             prefix,
             policy=getattr(self, 'state_mismatch_policy', 'error'),
-            source=getattr(self, 'state_source', None))
+            source=source)
+        salt_key = prefix + 'shuffle_salt'
+        if salt_key not in state_dict and \
+                prefix + 'teacher_queue' in state_dict:
+            state_dict[salt_key] = torch.zeros_like(self.shuffle_salt)
+            MMLogger.get_current_instance().warning(
+                f'{source or "The checkpoint"} has no {salt_key!r} (written '
+                'before the shuffle salt existed): it goes on with salt 0, '
+                'the permutations it was trained with')
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def extract_teacher_feat(self, inputs: torch.Tensor) -> Tuple:
@@ -643,14 +663,16 @@ class ReKD(BaseSelfSupervisor):
         broadcasts it; mmengine does not checkpoint that RNG, so a resumed
         run would shuffle (and so normalise) differently from an
         uninterrupted one. This permutation is a function of the student
-        momentum encoder's checkpointed step count, computed on the device by
-        every rank alike: resuming is exact, no broadcast and no host read.
+        momentum encoder's checkpointed step count and of the checkpointed
+        ``shuffle_salt`` (from the run's seed), computed on the device by
+        every rank alike: resuming is exact, no broadcast and no host read,
+        and each seed shuffles its own way.
         """
         world_size = get_world_size()
         if world_size == 1 and not self.split_batch_norm:
             return None
         return shuffle_permutation(self.encoder_k.steps,
-                                   batch_size * world_size)
+                                   batch_size * world_size, self.shuffle_salt)
 
     @torch.no_grad()
     def _encode_keys(

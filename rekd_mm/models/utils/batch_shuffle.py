@@ -14,14 +14,19 @@ The permutation (:func:`shuffle_permutation`) is a function of a step
 counter held in a tensor: no host read, no broadcast (every rank computes
 the same one from its replicated counter), no draw from the global RNG, and
 a run resumed from a checkpoint that holds the counter shuffles exactly as
-the uninterrupted run.
+the uninterrupted run. A salt (:func:`seeded_shuffle_salt`, from the run's
+seed) gives each seed its own sequence of permutations, as MoCo's draws
+from the seeded RNG do; without one, every run would shuffle alike.
 """
 from typing import List, Optional, Sequence, Tuple
 
 import torch
 from mmengine.dist import all_gather, get_rank, get_world_size
 
-__all__ = ['shuffle_permutation', 'gather_shuffled', 'gather_unshuffled']
+__all__ = [
+    'seeded_shuffle_salt', 'shuffle_permutation', 'gather_shuffled',
+    'gather_unshuffled'
+]
 
 # splitmix64 constants, as signed int64 (torch has no uint64 arithmetic).
 _GOLDEN = 0x9E3779B97F4A7C15 - (1 << 64)
@@ -43,20 +48,44 @@ def splitmix64(x: torch.Tensor) -> torch.Tensor:
     return x ^ _shift_right(x, 31)
 
 
-def shuffle_permutation(step: torch.Tensor, num: int) -> torch.Tensor:
-    """A pseudo-random permutation of ``range(num)`` determined by ``step``.
+def seeded_shuffle_salt() -> torch.Tensor:
+    """A 0-d int64 salt for :func:`shuffle_permutation`, the splitmix64 hash
+    of the seed of torch's default generator.
+
+    mmengine's ``randomness.seed`` (or the seed it draws and shares across
+    ranks when none is set) is that seed. It is read, not drawn from, so
+    everything built after the salt initialises exactly as without it.
+    """
+    seed = torch.initial_seed() % 2**64
+    if seed >= 2**63:  # as a signed int64
+        seed -= 2**64
+    return splitmix64(torch.tensor(seed, dtype=torch.long))
+
+
+def shuffle_permutation(step: torch.Tensor,
+                        num: int,
+                        salt: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """A pseudo-random permutation of ``range(num)`` determined by ``step``
+    and ``salt``.
 
     Args:
         step (Tensor): A 0-d or one-element integer tensor (e.g. the momentum
             encoder's checkpointed ``steps``), identical on every rank.
         num (int): The global batch size.
+        salt (Tensor, optional): A 0-d int64 tensor that selects the
+            sequence of permutations (e.g. :func:`seeded_shuffle_salt`),
+            identical on every rank. The counters ``step * num + i`` are
+            XOR-ed with it before hashing; None is salt 0, the sequence of
+            rekd_mm before the salt existed. Defaults to None.
 
     Returns:
         Tensor: ``(num,)`` long permutation on ``step``'s device.
     """
-    index = torch.arange(num, device=step.device)
-    keys = splitmix64(step.reshape(()).long() * num + index)
-    return torch.argsort(keys, stable=True)
+    counters = step.reshape(()).long() * num + torch.arange(
+        num, device=step.device)
+    if salt is not None:
+        counters = counters ^ salt.to(step.device).reshape(())
+    return torch.argsort(splitmix64(counters), stable=True)
 
 
 def gather_shuffled(x: torch.Tensor,

@@ -15,8 +15,8 @@ from tests.toy_configs import toy_model_cfg
 init_default_scope('mmpretrain')
 
 
-def _build(**kwargs):
-    torch.manual_seed(0)
+def _build(seed=0, **kwargs):
+    torch.manual_seed(seed)
     model = MODELS.build(toy_model_cfg(**kwargs))
     model.init_weights()
     return model
@@ -167,9 +167,12 @@ def test__split_bn_shuffles_the_keys_on_one_process():
             widen_factor=0.25,
             norm_cfg=dict(type='SplitBN', num_splits=2)))
     assert model.split_batch_norm
+    # A step whose permutation remixes the slices (one that keeps them, 1
+    # in 70, leaves every slice's statistics and so the keys unchanged).
+    while set(model.shuffle_permutation(8)[:4].tolist()) == set(range(4)):
+        model.encoder_k.steps += 1
     perm = model.shuffle_permutation(8)
     assert sorted(perm.tolist()) == list(range(8))
-    assert set(perm[:4].tolist()) != set(range(4))  # slices are remixed
     im_k = _batch()[0][1]
     k_s, _, all_k_s, _ = model._encode_keys(im_k)
     with torch.no_grad():
@@ -179,6 +182,44 @@ def test__split_bn_shuffles_the_keys_on_one_process():
     torch.testing.assert_close(all_k_s, k_s)
     # Keys depend on the slice-mates: the shuffle changed them.
     assert not torch.allclose(k_s, in_order, atol=1e-3)
+
+
+def test__shuffle_salt_follows_the_seed_and_the_checkpoint():
+    """Each seed shuffles its own way (as MoCo's seeded draws do); a loaded
+    state dict brings its run's salt; a ReKD state dict from before the salt
+    goes on with salt 0, the sequence it was trained with."""
+    from rekd_mm.models.utils.batch_shuffle import shuffle_permutation
+    split_bn = dict(
+        backbone=dict(
+            type='MobileNetV2',
+            widen_factor=0.25,
+            norm_cfg=dict(type='SplitBN', num_splits=2)))
+    a, a_again, b = (_build(seed, **split_bn) for seed in (0, 0, 1))
+    assert torch.equal(a.shuffle_salt, a_again.shuffle_salt)
+    assert not torch.equal(a.shuffle_salt, b.shuffle_salt)
+    assert torch.equal(
+        a.shuffle_permutation(16), a_again.shuffle_permutation(16))
+    assert not torch.equal(
+        a.shuffle_permutation(16), b.shuffle_permutation(16))
+
+    b.load_state_dict(a.state_dict())
+    assert torch.equal(b.shuffle_salt, a.shuffle_salt)
+    assert torch.equal(b.shuffle_permutation(16), a.shuffle_permutation(16))
+
+    legacy = a.state_dict()
+    del legacy['shuffle_salt']
+    b.load_state_dict(legacy)  # strict: the salt is supplied, not missing
+    assert int(b.shuffle_salt) == 0
+    assert torch.equal(
+        b.shuffle_permutation(16), shuffle_permutation(b.encoder_k.steps, 16))
+    # Not a ReKD state (no teacher queue): the model keeps its own salt.
+    b.load_state_dict(a.state_dict())
+    student_only = {
+        k: v
+        for k, v in a.state_dict().items() if k.startswith('backbone.')
+    }
+    b.load_state_dict(student_only, strict=False)
+    assert torch.equal(b.shuffle_salt, a.shuffle_salt)
 
 
 def test__queue_len_must_hold_whole_batches():

@@ -197,3 +197,31 @@ def test__shuffle_permutation_is_a_function_of_the_step():
     assert torch.equal(perms[0], perms[1])
     assert not torch.equal(perms[0], perms[2])
     assert not torch.equal(perms[0], torch.arange(16))
+
+
+def test__salted_permutation_hashes_the_counters_xor_the_salt():
+    """The salt is XOR-ed into the counters ``step * num + i`` before the
+    hash (closed form); salt 0 is the unsalted sequence."""
+    step, num = torch.tensor(5), 16
+    salt = torch.tensor(0x5DEECE66D << 20)
+    counters = step * num + torch.arange(num)
+    expected = torch.argsort(splitmix64(counters ^ salt), stable=True)
+    assert torch.equal(shuffle_permutation(step, num, salt), expected)
+    assert torch.equal(
+        shuffle_permutation(step, num, torch.tensor(0)),
+        shuffle_permutation(step, num))
+    assert not torch.equal(expected, shuffle_permutation(step, num))
+
+
+def test__seeded_salt_is_read_from_the_seed_not_drawn():
+    from rekd_mm.models.utils.batch_shuffle import seeded_shuffle_salt
+    salts = []
+    for seed in (0, 0, 1, 2**64 - 1):
+        torch.manual_seed(seed)
+        salts.append(seeded_shuffle_salt())
+        draw = torch.rand(2)
+        torch.manual_seed(seed)
+        assert torch.equal(draw, torch.rand(2))  # the RNG did not move
+    assert salts[0] == salts[1]
+    assert len({int(s) for s in salts[1:]}) == 3
+    assert salts[-1] == splitmix64(torch.tensor(-1))  # 2**64 - 1 as int64
