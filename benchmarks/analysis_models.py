@@ -1,6 +1,6 @@
 # Copyright (c) rekd_mm contributors. All rights reserved.
 """Models for analysis arms only, never for users: mmpretrain's ``MoCo``
-with ReKD's shuffle-BN permutation.
+with another source of its shuffle-BN permutation.
 
 ReKD draws the permutation of its keys from a hash of the momentum
 encoder's step count and a salt (:func:`~rekd_mm.models.utils.batch_shuffle.
@@ -9,7 +9,11 @@ shuffle_permutation`, exact on resume); mmpretrain's ``MoCo`` draws it with
 student's step equal (``benchmarks/student_parity.py``), that is what
 separates a MoCo v2 arm from a ReKD arm without relations. ``MoCoHashShuffle``
 is mmpretrain's ``MoCo`` with ReKD's permutation, so that one arm measures
-whether the permutation source moves the student.
+whether the permutation source moves the student. ``MoCoSeededRandperm`` is
+mmpretrain's ``MoCo`` with ``torch.randperm`` draws of its own sequence, so
+that MoCo v2 can be run on other random sequences from the same initial
+weights, data and augmentations (its own draws come from the global RNG,
+which the seed also sets).
 
 Used through ``benchmarks/configs/`` (their ``custom_imports`` name this
 module; the repository root must be on ``PYTHONPATH``).
@@ -26,7 +30,7 @@ from mmpretrain.registry import MODELS
 from rekd_mm.models.utils.batch_shuffle import (seeded_shuffle_salt,
                                                 shuffle_permutation)
 
-__all__ = ['moco_key_permutation', 'MoCoHashShuffle']
+__all__ = ['moco_key_permutation', 'MoCoHashShuffle', 'MoCoSeededRandperm']
 
 
 @contextlib.contextmanager
@@ -96,4 +100,50 @@ class MoCoHashShuffle(MoCo):
         batch = inputs[0].shape[0]
         with moco_key_permutation(lambda: shuffle_permutation(
                 self.encoder_k.steps + self.step_offset, batch, self.salt)):
+            return super().loss(inputs, data_samples, **kwargs)
+
+
+@MODELS.register_module()
+class MoCoSeededRandperm(MoCo):
+    """mmpretrain's ``MoCo`` whose keys are shuffled by ``torch.randperm``
+    draws of a sequence of its own (one process; analysis only).
+
+    The permutation of step ``s`` (``encoder_k.steps`` after the momentum
+    update, as in :class:`MoCoHashShuffle`) is ``torch.randperm(N)`` from a
+    CPU generator seeded with ``sequence * 2**20 + s``: the draws of
+    mmpretrain's ``MoCo`` (its global RNG's Mersenne Twister), a function of
+    the step, so a resumed arm goes on exactly. Everything else of the arm
+    (initial weights, data order, augmentations) is MoCo v2's of the seed.
+
+    Args:
+        sequence (int): Which sequence of draws, 0 to 4095. Defaults to 0.
+        **kwargs: The arguments of mmpretrain's ``MoCo``.
+    """
+
+    # torch's CPU generator keeps 32 bits of its seed: sequence and step
+    # share them, 12 and 20 bits.
+    STEP_BITS = 20
+
+    def __init__(self, sequence: int = 0, **kwargs) -> None:
+        super().__init__(**kwargs)
+        if not isinstance(sequence,
+                          int) or not 0 <= sequence < 2**(32 - self.STEP_BITS):
+            raise ValueError('model.sequence must be an integer in [0, '
+                             f'{2**(32 - self.STEP_BITS)}), got {sequence!r}')
+        self.sequence = sequence
+
+    def permutation(self, batch: int) -> torch.Tensor:
+        """This step's permutation of a batch of ``batch`` keys."""
+        # A host read per step: fine on one CPU process (analysis only).
+        step = int(self.encoder_k.steps)
+        if step >= 2**self.STEP_BITS:
+            raise RuntimeError(f'MoCoSeededRandperm supports fewer than '
+                               f'{2**self.STEP_BITS} steps, at {step}')
+        seed = self.sequence * 2**self.STEP_BITS + step
+        return torch.randperm(
+            batch, generator=torch.Generator().manual_seed(seed))
+
+    def loss(self, inputs, data_samples, **kwargs):
+        batch = inputs[0].shape[0]
+        with moco_key_permutation(lambda: self.permutation(batch)):
             return super().loss(inputs, data_samples, **kwargs)

@@ -6,7 +6,10 @@ import os.path as osp
 
 import mmpretrain.models.selfsup.moco as moco_module
 import pytest
+import torch
 from mmengine.config import Config
+from mmengine.registry import init_default_scope
+from mmpretrain.registry import MODELS
 
 from tests.scripts import load_script
 from tests.toy_configs import (FASHION_MNIST_ROOT, toy_dataloader_cfg,
@@ -163,3 +166,32 @@ def test_moco_hash_shuffle_sequence_selects_another_permutation(tmp_path):
             ['--rekd-config', rekd_cfg, '--mocov2-config', moco_cfg])
         with pytest.raises(ValueError, match=match):
             parity.run(args)
+
+
+def test_moco_seeded_randperm_draws_its_own_sequence(tmp_path):
+    """``MoCoSeededRandperm`` shuffles step ``s`` by ``torch.randperm`` from
+    a generator seeded with ``sequence * 2**20 + s`` (closed form), and its
+    sequence is what trains: two sequences part the MoCo student at the
+    first step while ReKD's stays the same."""
+    parity = load_script(SCRIPT)
+    init_default_scope('mmpretrain')  # SplitBN and the backbone's layers
+    losses = []
+    for sequence in (0, 1):
+        rekd_cfg, moco_cfg = _configs(
+            tmp_path, moco_type='MoCoSeededRandperm', sequence=sequence)
+        model = MODELS.build(Config.fromfile(moco_cfg).model)
+        model.encoder_k.steps.fill_(5)
+        expected = torch.randperm(
+            16, generator=torch.Generator().manual_seed(sequence * 2**20 + 5))
+        assert torch.equal(model.permutation(16), expected)
+        args = parity.parse_args([
+            '--rekd-config', rekd_cfg, '--mocov2-config', moco_cfg, '--perm',
+            'own', '--steps', '1'
+        ])
+        losses.append(parity.run(args)['records'][0])
+    assert abs(losses[0]['mocov2'] - losses[1]['mocov2']) > 1e-4
+    assert losses[0]['rekd_no_relation'] == losses[1]['rekd_no_relation']
+    _, moco_cfg = _configs(
+        tmp_path, moco_type='MoCoSeededRandperm', sequence=-1)
+    with pytest.raises(ValueError, match='model.sequence'):
+        MODELS.build(Config.fromfile(moco_cfg).model)

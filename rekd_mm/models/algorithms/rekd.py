@@ -665,8 +665,8 @@ class ReKD(BaseSelfSupervisor):
         uninterrupted one. This permutation is a function of the student
         momentum encoder's checkpointed step count and of the checkpointed
         ``shuffle_salt`` (from the run's seed), computed on the device by
-        every rank alike: resuming is exact, no broadcast and no host read,
-        and each seed shuffles its own way.
+        every rank alike: resuming is exact, no per-step broadcast and no
+        host read, and each seed shuffles its own way.
         """
         world_size = get_world_size()
         if world_size == 1 and not self.split_batch_norm:
