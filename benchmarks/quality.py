@@ -27,7 +27,8 @@ Variants (``--variants``):
   response KD: ``model.loss_weights.kd=0 model.kd_projection=False`` are
   set explicitly, since the small4k configs distil by default (session
   13, docs/method.md #27), so ``rekd`` names the same runs in every
-  committed table and ``rekd_kd1`` is the small4k configs' default;
+  committed table; ``rekd_kd4`` is the small4k configs' default (since
+  session 24; ``rekd_kd1`` the one of sessions 13-23);
 - ``rekd_no_relation``: ReKD whose prototype bank is never clustered: the
   student's relation head then has no mined positive, i.e. plain InfoNCE
   (MoCo v2) with the online teacher trained alongside. This isolates the

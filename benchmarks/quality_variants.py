@@ -155,8 +155,9 @@ def variant_cfg_options(spec: dict,
         ]
     else:
         # Without ``_kd{W}`` a variant has no response KD whatever its
-        # config's default (the small4k configs distil since session 13), so
-        # that a name means the same run in every committed table.
+        # config's default (the small4k configs distil since session 13, at
+        # weight 4 since session 24), so that a name means the same run in
+        # every committed table.
         options += ['model.loss_weights.kd=0.0', 'model.kd_projection=False']
     if spec['offline']:
         if not offline_teacher:

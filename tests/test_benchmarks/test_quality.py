@@ -115,11 +115,12 @@ def test__small4k_variant_names_keep_their_kd_against_the_config_default(
     from mmpretrain.registry import MODELS
     init_default_scope('mmpretrain')
     config = quality.REGIMES['small4k'][dataset]['rekd']
-    assert quality.load_cfg(config, []).model.loss_weights.kd == 1.0
+    assert quality.load_cfg(config, []).model.loss_weights.kd == 4.0
     # `rekd` (the committed kd=0 arms) switches the config's KD off, the
-    # projection with it; `rekd_kd1` is the config's default, unchanged.
+    # projection with it; `rekd_kd1` keeps the committed kd=1 arms' weight
+    # below the config's default; `rekd_kd4` is that default.
     for name, kd in (('rekd', 0.0), ('rekd_oracle', 0.0), ('rekd_kd1', 1.0),
-                     ('rekd_no_relation_kd1', 1.0)):
+                     ('rekd_no_relation_kd1', 1.0), ('rekd_kd4', 4.0)):
         options = quality.variant_cfg_options(
             quality.parse_variant(name),
             4000,
