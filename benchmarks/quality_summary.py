@@ -7,8 +7,10 @@ variant, the mean and sample standard deviation of the student's kNN top-1
 and linear-probe top-1, the teacher's, and the training loop's time; the
 difference of every variant to MoCo v2 with twice the pooled standard
 deviation, and whether the issue's target holds (Δ ≥ 3 kNN points and
-Δ > 2 pooled std). Output: JSON, Markdown (``.md``) and a bar plot
-(``.png``, one colour per variant in every panel).
+Δ > 2 pooled std); and the mined relations' effect paired by seed (every
+ReKD variant against the same run without relations, ``relation_effects``).
+Output: JSON, Markdown (``.md``) and a bar plot (``.png``, one colour per
+variant in every panel).
 
 Example::
 
@@ -28,6 +30,7 @@ from typing import Dict, List, Optional
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 from common import command_line, markdown_table, variant_colours  # noqa: E402
+from quality_variants import parse_variant  # noqa: E402
 
 METRICS = ('student_knn_top1', 'student_probe_top1', 'teacher_knn_top1',
            'teacher_probe_top1', 'train_wall_s', 'train_loop_s')
@@ -68,7 +71,7 @@ def summarise(result_files: List[dict]) -> Dict:
         raise ValueError(f'the files mix regimes/budgets {sorted(settings)}: '
                          'summarise one (regime, --iters) at a time')
     groups = defaultdict(lambda: defaultdict(list))
-    seen = set()
+    seen = {}
     for result in result_files:
         seed = result['settings']['seed']
         for rec in result['records']:
@@ -76,7 +79,7 @@ def summarise(result_files: List[dict]) -> Dict:
             if key in seen:
                 raise ValueError(f'{key[0]} / {key[1]} seed {seed} appears '
                                  'twice')
-            seen.add(key)
+            seen[key] = rec
             group = groups[(rec['dataset'], rec['variant'])]
             group['seeds'].append(seed)
             for metric in METRICS:
@@ -107,16 +110,125 @@ def summarise(result_files: List[dict]) -> Dict:
                                 min(row[metric]['n'], base[metric]['n']) >= 2
                                 and delta > two_pooled))
     regime, iters = settings.pop()
-    return dict(regime=regime, iters=iters, rows=rows)
+    return dict(
+        regime=regime,
+        iters=iters,
+        rows=rows,
+        relation_effects=relation_effects(seen))
 
 
-def _cell(stat: Optional[Dict], digits: int = 2) -> str:
+def _relation_partner(variant: str, variants: List[str]) -> Optional[str]:
+    """The run without relations that ``variant`` is compared with: the
+    online ReKD variant with the same KD weight and ``_no_relation`` (the
+    miner knobs and the oracle only shape relations, so it has none of
+    them); ``None`` for MoCo v2, the reference rows, a variant without
+    relations or with an offline teacher, or when no such run is given."""
+    try:
+        spec = parse_variant(variant)
+    except ValueError:
+        return None
+    if spec['algorithm'] != 'rekd' or spec['no_relation'] or spec['offline']:
+        return None
+    for other in variants:
+        try:
+            cand = parse_variant(other)
+        except ValueError:
+            continue
+        if (cand['algorithm'] == 'rekd' and cand['no_relation']
+                and not cand['offline'] and not cand['oracle']
+                and cand['num_prototypes'] is None
+                and cand['threshold'] is None
+                and cand['kd_weight'] == spec['kd_weight']):
+            return other
+    return None
+
+
+def _gap_to_teacher(rec: dict) -> Optional[float]:
+    if rec.get('student_knn_top1') is None or rec.get(
+            'teacher_knn_top1') is None:
+        return None
+    return rec['student_knn_top1'] - rec['teacher_knn_top1']
+
+
+def _paired(pairs: List[tuple], measure) -> List[float]:
+    """``measure(with) - measure(without)`` of every pair where both have
+    the measure."""
+    values = [(measure(a), measure(b)) for a, b in pairs]
+    return [a - b for a, b in values if a is not None and b is not None]
+
+
+def relation_effects(records: Dict[tuple, dict]) -> List[Dict]:
+    """What the relations change, paired by seed.
+
+    A ReKD run and the same run without relations (``_no_relation``: the
+    miner never starts) of one seed share their initial weights, data order
+    and shuffle; the teacher does not see the student's relation loss, so
+    on the same host and thread count it ends identical to the last digit,
+    and the student's difference is the relations' alone. A paired
+    difference removes what the seed moves in both runs (its teacher above
+    all), so it can tell a smaller effect from noise than the two groups'
+    means can. Where the teachers differ (another thread count or CPU changes
+    the float sums), the difference of the student's gap to its own
+    teacher is the cleaner measure; both are reported.
+
+    Args:
+        records (dict): ``(dataset, variant, seed)`` -> the record of
+            ``benchmarks/quality.py``.
+
+    Returns:
+        list[dict]: per data set and ReKD variant with a partner, ``with``
+        and ``without`` (variant names), ``seeds`` (those both have), the
+        mean/std/n (``mean_std``) of the student's kNN and probe
+        differences (``knn``, ``probe``) and of the gap difference
+        (``gap``: (student − teacher) with relations less without), the
+        per-seed kNN differences (``knn_by_seed``) and the seeds whose
+        two teachers score the same kNN (``same_teacher``).
+    """
+    variants = defaultdict(set)
+    for dataset, variant, _ in records:
+        variants[dataset].add(variant)
+    effects = []
+    for dataset in sorted(variants):
+        for variant in sorted(variants[dataset]):
+            partner = _relation_partner(variant, sorted(variants[dataset]))
+            if partner is None:
+                continue
+            seeds = sorted(
+                seed for d, v, seed in records
+                if (d, v) == (dataset, variant) and (dataset, partner,
+                                                     seed) in records)
+            pairs = [(records[(dataset, variant, seed)],
+                      records[(dataset, partner, seed)]) for seed in seeds]
+            if not pairs:
+                continue
+            knn = _paired(pairs, lambda rec: rec.get('student_knn_top1'))
+            probe = _paired(pairs, lambda rec: rec.get('student_probe_top1'))
+            gap = _paired(pairs, _gap_to_teacher)
+            effect = {
+                'dataset': dataset,
+                'with': variant,
+                'without': partner,
+                'seeds': seeds,
+                'knn_by_seed': knn
+            }
+            for name, values in (('knn', knn), ('probe', probe), ('gap', gap)):
+                effect[name] = mean_std(values) if values else None
+            effect['same_teacher'] = [
+                seed for seed, (a, b) in zip(seeds, pairs)
+                if a.get('teacher_knn_top1') is not None
+                and a.get('teacher_knn_top1') == b.get('teacher_knn_top1')
+            ]
+            effects.append(effect)
+    return effects
+
+
+def _cell(stat: Optional[Dict], digits: int = 2, signed: bool = False) -> str:
     if not stat:
         return '-'
+    mean = f"{stat['mean']:{'+' if signed else ''}.{digits}f}"
     if stat['std'] is None:
-        return f"{stat['mean']:.{digits}f} (n={stat['n']})"
-    return (f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f} "
-            f"(n={stat['n']})")
+        return f"{mean} (n={stat['n']})"
+    return f"{mean} ± {stat['std']:.{digits}f} (n={stat['n']})"
 
 
 def _delta_cell(delta: Optional[Dict]) -> str:
@@ -166,8 +278,43 @@ def build_markdown(summary: Dict, command: str, files: List[str]) -> str:
         'tables: ' + ', '.join(f'`{osp.basename(f)}`' for f in files) +
         '. Train loop: the logged iteration times summed (start-up and '
         'scoring excluded; a run split across sessions counts like an uncut '
-        'one).', '', f'Command: `{command}`'
-    ]) + '\n'
+        'one).', ''
+    ] + _relation_effects_markdown(summary.get('relation_effects', [])) +
+                     [f'Command: `{command}`']) + '\n'
+
+
+def _relation_effects_markdown(effects: List[Dict]) -> List[str]:
+    if not effects:
+        return []
+    headers = [
+        'dataset', 'with relations', 'without', 'seeds',
+        'Δ student kNN by seed', 'Δ student kNN', 'Δ student probe',
+        'Δ (student − teacher) kNN', 'same teacher in seeds'
+    ]
+    rows = []
+    for e in effects:
+        by_seed = ', '.join(f'{d:+.2f}' for d in e['knn_by_seed'])
+        same_teacher = ', '.join(map(str, e['same_teacher'])) or 'none'
+        rows.append([
+            e['dataset'], e['with'], e['without'],
+            ', '.join(map(str, e['seeds'])), by_seed,
+            _cell(e['knn'], signed=True),
+            _cell(e['probe'], signed=True),
+            _cell(e['gap'], signed=True), same_teacher
+        ])
+    return [
+        "## The relations' effect, paired by seed", '',
+        markdown_table(headers, rows), '',
+        'Each ReKD variant minus the same run without relations '
+        '(`_no_relation`: the miner never starts; same KD weight), seed by '
+        'seed: same initial weights, data order and shuffle. The teacher '
+        'does not see the relation loss, so where both teachers score the '
+        'same (same host and thread count) the student difference is the '
+        "relations' alone; where they differ, the difference of the "
+        "student's gap to its own teacher is the cleaner measure. An "
+        '`_oracle` row takes its relations from the labels (an analysis '
+        'bound).', ''
+    ]
 
 
 def plot_summary(summary: Dict, path: str) -> None:

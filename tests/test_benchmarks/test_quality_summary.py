@@ -111,3 +111,73 @@ def test__mixed_budgets_and_duplicate_seeds_are_refused(summary_mod):
         summary_mod.summarise(
             [_result(0, dict(mocov2=1.0)),
              _result(0, dict(mocov2=1.0))])
+
+
+def _record(variant, student, teacher, dataset='cifar10'):
+    return dict(
+        dataset=dataset,
+        variant=variant,
+        student_knn_top1=student,
+        student_probe_top1=student + 2.0,
+        teacher_knn_top1=teacher)
+
+
+def test__relation_effects_pair_each_rekd_run_with_its_run_without_relations(
+        summary_mod, tmp_path):
+    # (with relations, without) by seed; the teachers agree in seed 0 and
+    # differ in seed 1 (another thread count).
+    runs = {
+        0:
+        dict(
+            rekd_kd4=(43.0, 45.0),
+            rekd_no_relation_kd4=(44.0, 45.0),
+            rekd_oracle_kd4=(47.0, 45.0),
+            rekd_no_relation_kd1=(42.0, 44.0),
+            rekd_offline_kd4=(46.0, 50.0),
+            mocov2=(40.0, None)),
+        1:
+        dict(rekd_kd4=(42.5, 44.0), rekd_no_relation_kd4=(42.0, 43.0)),
+    }
+    paths = []
+    for seed, variants in runs.items():
+        path = tmp_path / f'seed{seed}.json'
+        path.write_text(
+            json.dumps(
+                dict(
+                    settings=dict(regime='small', iters=10, seed=seed),
+                    records=[
+                        _record(v, s, t) for v, (s, t) in variants.items()
+                    ])))
+        paths.append(str(path))
+    summary = summary_mod.main(paths + ['--out', str(tmp_path / 's.json')])
+    effects = {e['with']: e for e in summary['relation_effects']}
+    # MoCo v2, the runs without relations and the offline teacher have no
+    # partner; the oracle's is the run without relations of its KD weight,
+    # not that of weight 1.
+    assert set(effects) == {'rekd_kd4', 'rekd_oracle_kd4'}
+    kd4 = effects['rekd_kd4']
+    assert kd4['without'] == 'rekd_no_relation_kd4'
+    assert kd4['seeds'] == [0, 1] and kd4['knn_by_seed'] == [-1.0, 0.5]
+    # Student differences -1.0 and +0.5: mean -0.25, std sqrt(1.125).
+    assert math.isclose(kd4['knn']['mean'], -0.25)
+    assert math.isclose(kd4['knn']['std'], math.sqrt(1.125))
+    # Gap to the teacher: seed 0 (-2) - (-1) = -1; seed 1 (-1.5) - (-1) =
+    # -0.5.
+    assert math.isclose(kd4['gap']['mean'], -0.75)
+    assert kd4['same_teacher'] == [0]
+    oracle = effects['rekd_oracle_kd4']
+    assert oracle['without'] == 'rekd_no_relation_kd4'
+    assert oracle['seeds'] == [0] and oracle['knn'] == dict(
+        mean=3.0, std=None, n=1)
+    md = (tmp_path / 's.md').read_text()
+    assert (
+        '| cifar10 | rekd_kd4 | rekd_no_relation_kd4 | 0, 1 | -1.00, +0.50 '
+        '| -0.25 ± 1.06 (n=2) |') in md
+    assert '| +3.00 (n=1) | +3.00 (n=1) | +3.00 (n=1) | 0 |' in md
+
+
+def test__no_run_without_relations_no_relation_table(summary_mod):
+    summary = summary_mod.summarise([_result(0, dict(mocov2=1.0, rekd=2.0))])
+    assert summary['relation_effects'] == []
+    assert "relations' effect" not in summary_mod.build_markdown(
+        summary, 'cmd', [])
