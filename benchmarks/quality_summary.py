@@ -71,15 +71,15 @@ def summarise(result_files: List[dict]) -> Dict:
         raise ValueError(f'the files mix regimes/budgets {sorted(settings)}: '
                          'summarise one (regime, --iters) at a time')
     groups = defaultdict(lambda: defaultdict(list))
-    seen = {}
+    records = {}  # (dataset, variant, seed) -> record
     for result in result_files:
         seed = result['settings']['seed']
         for rec in result['records']:
             key = (rec['dataset'], rec['variant'], seed)
-            if key in seen:
+            if key in records:
                 raise ValueError(f'{key[0]} / {key[1]} seed {seed} appears '
                                  'twice')
-            seen[key] = rec
+            records[key] = rec
             group = groups[(rec['dataset'], rec['variant'])]
             group['seeds'].append(seed)
             for metric in METRICS:
@@ -114,32 +114,25 @@ def summarise(result_files: List[dict]) -> Dict:
         regime=regime,
         iters=iters,
         rows=rows,
-        relation_effects=relation_effects(seen))
+        relation_effects=relation_effects(records))
 
 
-def _relation_partner(variant: str, variants: List[str]) -> Optional[str]:
-    """The run without relations that ``variant`` is compared with: the
-    online ReKD variant with the same KD weight and ``_no_relation`` (the
-    miner knobs and the oracle only shape relations, so it has none of
-    them); ``None`` for MoCo v2, the reference rows, a variant without
-    relations or with an offline teacher, or when no such run is given."""
-    try:
-        spec = parse_variant(variant)
-    except ValueError:
-        return None
+def _relation_partner(spec: dict, specs: List[dict]) -> Optional[str]:
+    """The run without relations that the variant ``spec`` is compared
+    with (``parse_variant`` results): the online ReKD variant with the same
+    KD weight and ``_no_relation`` (the miner knobs and the oracle only
+    shape relations, so it has none of them); ``None`` for MoCo v2, the
+    reference rows, a variant without relations or with an offline teacher,
+    or when no such run is given."""
     if spec['algorithm'] != 'rekd' or spec['no_relation'] or spec['offline']:
         return None
-    for other in variants:
-        try:
-            cand = parse_variant(other)
-        except ValueError:
-            continue
+    for cand in specs:
         if (cand['algorithm'] == 'rekd' and cand['no_relation']
                 and not cand['offline'] and not cand['oracle']
                 and cand['num_prototypes'] is None
                 and cand['threshold'] is None
                 and cand['kd_weight'] == spec['kd_weight']):
-            return other
+            return cand['name']
     return None
 
 
@@ -189,8 +182,11 @@ def relation_effects(records: Dict[tuple, dict]) -> List[Dict]:
         variants[dataset].add(variant)
     effects = []
     for dataset in sorted(variants):
-        for variant in sorted(variants[dataset]):
-            partner = _relation_partner(variant, sorted(variants[dataset]))
+        # Every name here parsed when quality.py ran it.
+        specs = [parse_variant(v) for v in sorted(variants[dataset])]
+        for spec in specs:
+            variant = spec['name']
+            partner = _relation_partner(spec, specs)
             if partner is None:
                 continue
             seeds = sorted(
@@ -279,7 +275,7 @@ def build_markdown(summary: Dict, command: str, files: List[str]) -> str:
         '. Train loop: the logged iteration times summed (start-up and '
         'scoring excluded; a run split across sessions counts like an uncut '
         'one).', ''
-    ] + _relation_effects_markdown(summary.get('relation_effects', [])) +
+    ] + _relation_effects_markdown(summary['relation_effects']) +
                      [f'Command: `{command}`']) + '\n'
 
 
