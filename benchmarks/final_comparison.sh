@@ -7,7 +7,7 @@
 # benchmarks/results/quality_small4k_<dataset>_seed<S>_<variant>.json so that
 # two runs never write one file.
 #
-# A study of 54 arms of 1-2 core-hours each spans sessions: run this again
+# A study of 60 arms of 1-2 core-hours each spans sessions: run this again
 # and it goes on where it stopped. Arms whose file already holds their record
 # are skipped; an interrupted arm continues from its last checkpoint
 # (quality.py --resume, checkpoints every 500 iterations). Then the summary:
@@ -72,9 +72,11 @@ done
 # leaves, measured on CIFAR-10 seed 0 against `_kd2`) and the same without
 # relations (session 25 on CIFAR-10, where it beats MoCo v2: is the gain the
 # relations' or the distillation's? Session 26 on Fashion-MNIST, where it
-# does not: how far the teacher carries the student there); last, seeds 1
-# and 2 of the arms without KD (the contract's loss), which seed 0 of the
-# study measured first.
+# does not: how far the teacher carries the student there); then the label
+# oracle at that weight (session 27: the bound on what right relations add
+# to the distillation at the configs' defaults; the oracle above ran at
+# weight 1); last, seeds 1 and 2 of the arms without KD (the contract's
+# loss), which seed 0 of the study measured first.
 # One line per arm: each seed of $1, variant of $2 and data set of $3
 # (default: both).
 arms() {
@@ -101,6 +103,7 @@ plan() {
   arms '1 2' rekd_oracle_kd1
   arms '0 1 2' rekd_kd4
   arms '0 1 2' rekd_no_relation_kd4
+  arms '0 1 2' rekd_oracle_kd4
   arms '1 2' 'rekd rekd_no_relation'
 }
 

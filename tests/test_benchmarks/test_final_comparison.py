@@ -13,7 +13,7 @@ from tests.toy_configs import REPO_ROOT
 SCRIPT = osp.join(REPO_ROOT, 'benchmarks', 'final_comparison.sh')
 VARIANTS = ('mocov2', 'rekd', 'rekd_no_relation', 'rekd_kd1',
             'rekd_no_relation_kd1', 'rekd_oracle_kd1', 'rekd_kd4',
-            'rekd_no_relation_kd4')
+            'rekd_no_relation_kd4', 'rekd_oracle_kd4')
 DATASETS = ('cifar10', 'fashion-mnist')
 
 
@@ -39,9 +39,9 @@ def _result(tmp_path, dataset, seed, variant, records):
 
 def test__plan_order_and_finished_arms_skipped(tmp_path):
     plan = _run(tmp_path, '--dry-run').stdout.split('\n')[:-1]
-    # 3 seeds × 8 variants × 2 data sets and 3 reference rows × 2 for seed 0
+    # 3 seeds × 9 variants × 2 data sets and 3 reference rows × 2 for seed 0
     # only, each once.
-    assert len(plan) == len(set(plan)) == 3 * 8 * 2 + 3 * 2
+    assert len(plan) == len(set(plan)) == 3 * 9 * 2 + 3 * 2
     assert plan[:4] == [
         'cifar10 0 mocov2', 'fashion-mnist 0 mocov2', 'cifar10 0 rekd',
         'fashion-mnist 0 rekd'
@@ -61,15 +61,17 @@ def test__plan_order_and_finished_arms_skipped(tmp_path):
         'fashion-mnist 1 mocov2'
     ]
     # The target comparison's other seeds come before the ablations; the
-    # configs' KD weight of session 24 after the oracle, before the arms
-    # without KD.
+    # configs' KD weight of session 24 after the oracle, then the oracle at
+    # that weight (session 27), before the arms without KD.
     assert plan.index('fashion-mnist 2 rekd_kd1') < plan.index(
         'cifar10 0 rekd_oracle_kd1') < plan.index('cifar10 1 rekd')
     assert plan.index('fashion-mnist 2 rekd_oracle_kd1') < plan.index(
         'cifar10 0 rekd_kd4') < plan.index('fashion-mnist 2 rekd_kd4') < \
         plan.index('cifar10 0 rekd_no_relation_kd4') < plan.index(
             'fashion-mnist 2 rekd_no_relation_kd4') < plan.index(
-                'cifar10 1 rekd')
+                'cifar10 0 rekd_oracle_kd4') < plan.index(
+                    'fashion-mnist 2 rekd_oracle_kd4') < plan.index(
+                        'cifar10 1 rekd')
     # The comparison with the chosen defaults (KD: MoCo v2, ReKD, ReKD
     # without relations, the oracle; the reference rows) is complete before
     # the other seeds of the arms without KD, which come last.
@@ -125,7 +127,7 @@ def test__every_arm_runs_once_with_resume_then_nothing_is_left(tmp_path):
     proc = _run(tmp_path, python=str(fake))
     assert proc.returncode == 0, proc.stderr
     lines = calls.read_text().split('\n')[:-1]
-    assert len(lines) == 54
+    assert len(lines) == 60
     for line in lines:
         args = line.split()
         assert args[0] == 'benchmarks/quality.py' and '--resume' in args
@@ -134,14 +136,14 @@ def test__every_arm_runs_once_with_resume_then_nothing_is_left(tmp_path):
         assert args[args.index('--work-root') + 1] == \
             f'{tmp_path}/work_seed{seed}'
     runs = {(a.split()[4], a.split()[8], a.split()[6]) for a in lines}
-    assert len(runs) == 54
+    assert len(runs) == 60
     # One preflight before any arm, over the data sets and variants left.
     checks = preflight.read_text().split('\n')[:-1]
     assert len(checks) == 1
     args = checks[0].split()
     datasets = args[args.index('--datasets') + 1:args.index('--variants')]
     assert datasets == ['cifar10', 'fashion-mnist']
-    assert len(set(args) & set(VARIANTS)) == 8
+    assert len(set(args) & set(VARIANTS)) == 9
     again = _run(tmp_path, python=str(fake))
     assert again.stdout.strip() == 'every arm is finished'
 
@@ -158,8 +160,8 @@ def test__minutes_starts_only_arms_that_end_in_time(tmp_path):
                        for d in DATASETS
                        for v in ('untrained', 'pixels', 'supervised')}
     skipped = [line for line in proc.stdout.split('\n') if ' skip ' in line]
-    # Every pretraining arm: 8 variants × 3 seeds × 2 data sets.
-    assert len(skipped) == 3 * 8 * 2
+    # Every pretraining arm: 9 variants × 3 seeds × 2 data sets.
+    assert len(skipped) == 3 * 9 * 2
     assert any('cifar10 seed 0 rekd_kd1 (about 160 min' in line
                for line in skipped)
     plan = _run(tmp_path, '--dry-run').stdout.split('\n')[:-1]
@@ -191,9 +193,9 @@ def test__minutes_expects_what_an_arm_took_on_this_boot(tmp_path):
     kinds = {variant for _, _, variant in started}
     assert kinds == {
         'mocov2', 'rekd', 'rekd_kd1', 'rekd_oracle_kd1', 'rekd_kd4',
-        'untrained', 'pixels'
+        'rekd_oracle_kd4', 'untrained', 'pixels'
     }
-    assert len(started) == 2 * 3 * 5 + 2 * 2
+    assert len(started) == 2 * 3 * 6 + 2 * 2
     assert any('cifar10 seed 0 rekd_no_relation (about 160 min' in line
                for line in proc.stdout.split('\n'))
     assert any('cifar10 seed 0 supervised (about 60 min' in line
@@ -204,7 +206,7 @@ def test__minutes_expects_what_an_arm_took_on_this_boot(tmp_path):
     assert measured[:3] == ['rekd 50', 'mocov2 20', 'rekd 40']
     added = [line.split() for line in measured[3:-1]]
     assert sorted(
-        kind for kind, _ in added) == sorted(['mocov2'] * 5 + ['rekd'] * 24 +
+        kind for kind, _ in added) == sorted(['mocov2'] * 5 + ['rekd'] * 30 +
                                              ['reference'] * 4)
     assert {minutes for _, minutes in added} <= {'0', '1'}
 
