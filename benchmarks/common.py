@@ -208,15 +208,37 @@ def write_results(path: Optional[str],
 
 def variant_colours(variants) -> Dict[str, str]:
     """One matplotlib colour per variant, the same in every panel and
-    every figure of one result set (sorted names -> C0, C1, ...).
+    every figure of one result set, and no two variants alike.
+
+    Sorted names take matplotlib's ten default colours (``C0`` ... ``C9``)
+    while there are at most ten; more names take ``tab20``, its ten dark
+    shades first and then their light partners, so that the final
+    comparison's 13 rows (variants plus reference rows) do not share a
+    colour as they did when the default cycle wrapped.
 
     Args:
         variants (Iterable[str]): Variant (or arm) names; repeats are fine.
 
     Returns:
-        dict[str, str]: ``{name: 'C<i>'}``, cycling after ten names.
+        dict[str, str]: ``{name: colour}``, a matplotlib colour string.
+
+    Raises:
+        ValueError: More than 20 names, which no palette here tells apart.
     """
-    return {name: f'C{i % 10}' for i, name in enumerate(sorted(set(variants)))}
+    names = sorted(set(variants))
+    if len(names) <= 10:
+        return {name: f'C{i}' for i, name in enumerate(names)}
+    if len(names) > 20:
+        raise ValueError(f'{len(names)} variants in one figure; the plots '
+                         'tell at most 20 apart: split the result set')
+    # Imported here, as torch is: scripts that never plot need no
+    # matplotlib.
+    from matplotlib import colormaps
+    from matplotlib.colors import to_hex
+    tab20 = colormaps['tab20'].colors
+    # tab20 pairs each hue as (dark, light): dark shades first.
+    order = list(range(0, 20, 2)) + list(range(1, 20, 2))
+    return {name: to_hex(tab20[order[i]]) for i, name in enumerate(names)}
 
 
 # --------------------------------------------------------------------------

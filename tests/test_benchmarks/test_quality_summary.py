@@ -181,3 +181,19 @@ def test__no_run_without_relations_no_relation_table(summary_mod):
     assert summary['relation_effects'] == []
     assert "relations' effect" not in summary_mod.build_markdown(
         summary, 'cmd', [])
+
+
+def test__plot_colours_tell_every_row_apart(summary_mod):
+    # The final comparison's figure has 13 rows; the default colour cycle
+    # wraps after ten, which drew `pixels` and `supervised` alike.
+    colours = summary_mod.variant_colours
+    names = [f'arm{i:02d}' for i in range(13)]
+    many = colours(names + names[:3])  # repeats are fine
+    assert sorted(many) == names
+    assert len(set(many.values())) == 13
+    # A name keeps its colour whatever the order the rows come in.
+    assert colours(reversed(names)) == many
+    # Up to ten rows keep matplotlib's default cycle.
+    assert colours(['b', 'a']) == {'a': 'C0', 'b': 'C1'}
+    with pytest.raises(ValueError, match='21 variants'):
+        colours(f'v{i}' for i in range(21))
